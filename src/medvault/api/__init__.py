@@ -1,0 +1,1 @@
+"""HTTP face: FHIR R4 REST at /fhir. Thin: parses HTTP, calls services, maps errors once."""

@@ -1,0 +1,405 @@
+"""FastAPI application: FHIR R4 REST at /fhir, /healthz."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from medvault import logs
+from medvault.api.capability import capability_statement
+from medvault.config import Settings
+from medvault.db import make_engine, make_sessionmaker
+from medvault.errors import MedvaultError
+from medvault.fhir import bundles as fb
+from medvault.fhir import parse as fhir_parse
+from medvault.fhir.errors import InvalidResource, Issue, UnsupportedSearch
+from medvault.fhir.types import is_resource_type
+from medvault.records import bundles as record_bundles
+from medvault.records import service as records
+from medvault.records.errors import BadRequest, Gone, NotFound, PreconditionFailed, VersionConflict
+from medvault.records.vault import Vault, iso
+from medvault.store import migrate
+from medvault.store.crypto_context import CryptoContext, build_crypto
+
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+MAX_VERSION = 2**31 - 1  # versions are 32-bit integers in the database
+MAX_OFFSET = 10**9
+log = logs.get("api")
+
+
+class UnsupportedMediaType(MedvaultError):
+    """A body in a format we do not read (415, not 400: the request may be fine in JSON)."""
+
+    code = "not-supported"
+
+
+class FhirResponse(Response):
+    media_type = FHIR_JSON
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def outcome(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> FhirResponse:
+    return FhirResponse(fb.operation_outcome(issues), status_code=status, headers=headers)
+
+
+def status_for(exc: MedvaultError) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Gone):
+        return 410
+    if isinstance(exc, VersionConflict | PreconditionFailed):
+        return 412
+    if isinstance(exc, InvalidResource):
+        return 422 if any(i.code not in ("structure", "too-costly") for i in exc.issues) else 400
+    if isinstance(exc, UnsupportedSearch | BadRequest):
+        return 400
+    if isinstance(exc, UnsupportedMediaType):
+        return 415
+    return 500
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    factory: sessionmaker[Session]
+    read_factory: sessionmaker[Session]
+    crypto: CryptoContext
+    token: bytes
+
+
+def load_token(settings: Settings) -> bytes:
+    try:
+        return settings.token_path.read_bytes().strip()
+    except FileNotFoundError:
+        raise MedvaultError(f"no operator token at {settings.token_path}: run `medvault init` first") from None
+
+
+def create_app(settings: Settings) -> FastAPI:
+    logs.setup(settings.log_path)
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    factory = make_sessionmaker(engine)
+    with factory() as session:
+        crypto = build_crypto(settings, session)
+    state = AppState(settings, factory, make_sessionmaker(engine, write=False), crypto, load_token(settings))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="medvault", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.medvault = state
+
+    class AccessLog(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+            start = time.perf_counter()
+            path = request.url.path
+            if path.startswith("/fhir") and not _authorised(request, state.token):
+                response: Response = outcome(
+                    401,
+                    [Issue("login", "missing or wrong bearer token")],
+                    headers={"WWW-Authenticate": 'Bearer realm="medvault"'},
+                )
+            else:
+                response = await call_next(request)
+            log.info(
+                "%s %s %s %.1fms",
+                request.method,
+                _loggable_path(request),
+                response.status_code,
+                (time.perf_counter() - start) * 1000,
+            )
+            return response
+
+    app.add_middleware(AccessLog)
+    _install_error_handlers(app)
+    _install_routes(app, state)
+    return app
+
+
+def _loggable_path(request: Request) -> str:
+    """The route template with only the resource type filled in: never a query string (it can carry
+    names or birth dates) and never an id (a client may choose an MRN as an id)."""
+    route = request.scope.get("route")
+    template = getattr(route, "path", None)
+    if not isinstance(template, str):
+        return "(no route)"
+    rtype = request.path_params.get("rtype")
+    if isinstance(rtype, str) and is_resource_type(rtype):
+        template = template.replace("{rtype}", rtype)
+    return template
+
+
+def _authorised(request: Request, token: bytes) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value:
+        return False
+    return hmac.compare_digest(value.strip().encode(), token)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(MedvaultError)
+    async def _domain(_request: Request, exc: MedvaultError) -> Response:
+        issues = exc.issues if isinstance(exc, InvalidResource) else [Issue(exc.code, exc.message, exc.location)]
+        status = status_for(exc)
+        if status >= 500:
+            log.error("request failed: %s", exc.__class__.__name__)
+        return outcome(status, issues)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        return outcome(exc.status_code, [Issue(code, str(exc.detail)[:200])])
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> Response:
+        issues = [
+            Issue(
+                "invalid",
+                str(e.get("msg", "invalid request"))[:200],
+                ".".join(str(x) for x in e.get("loc", ())),
+            )
+            for e in exc.errors()
+        ]
+        return outcome(400, issues)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> Response:
+        # Never a traceback or an exception message to the client (it may quote data).
+        log.error("unexpected error: %s", exc.__class__.__name__)
+        return outcome(500, [Issue("exception", "internal error; see the server log")])
+
+
+def get_vault(request: Request) -> Iterator[Vault]:
+    """Unit of work per request: commit when the handler returns, roll back on any error."""
+    state: AppState = request.app.state.medvault
+    # Reads (GET, HEAD) do not take SQLite's write lock, so they never queue behind a writer.
+    session = (state.read_factory if request.method in ("GET", "HEAD") else state.factory)()
+    try:
+        yield Vault(session=session, crypto=state.crypto)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+VaultDep = Annotated[Vault, Depends(get_vault)]
+
+
+def _install_routes(app: FastAPI, state: AppState) -> None:
+
+    def base(request: Request) -> str:
+        return str(request.base_url).rstrip("/") + "/fhir"
+
+    async def body(request: Request) -> dict[str, Any]:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in JSON_TYPES:
+            raise UnsupportedMediaType("Content-Type must be application/fhir+json")
+        return fhir_parse.parse_json(await request.body())
+
+    def strict(request: Request) -> bool:
+        return "handling=lenient" not in request.headers.get("prefer", "")
+
+    def headers_for(doc: dict[str, Any]) -> dict[str, str]:
+        meta = doc.get("meta", {})
+        headers = {"ETag": f'W/"{meta.get("versionId", "")}"'}
+        try:
+            # HTTP wants an IMF-fixdate (RFC 9110 5.6.7), not the FHIR instant.
+            modified = datetime.fromisoformat(meta["lastUpdated"].replace("Z", "+00:00"))
+            headers["Last-Modified"] = format_datetime(modified.astimezone(UTC), usegmt=True)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass
+        return headers
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/fhir/metadata")
+    def metadata(request: Request) -> FhirResponse:
+        return FhirResponse(capability_statement(base(request)))
+
+    @app.post("/fhir")
+    async def system(request: Request, v: VaultDep) -> FhirResponse:
+        doc = await body(request)
+        if doc.get("resourceType") != "Bundle":
+            raise InvalidResource([Issue("invalid", "POST /fhir takes a transaction or batch Bundle", "resourceType")])
+        fhir_parse.check_resource_type(doc)
+        return FhirResponse(record_bundles.process(vault=v, bundle=doc, base=base(request)))
+
+    @app.get("/fhir/Patient/{rid}/$everything")
+    def everything(request: Request, rid: str, v: VaultDep) -> FhirResponse:
+        docs = records.everything(vault=v, patient_id=rid)
+        b = base(request)
+        return FhirResponse(
+            {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "total": len(docs),
+                "entry": [{"fullUrl": f"{b}/{d['resourceType']}/{d['id']}", "resource": d} for d in docs],
+            }
+        )
+
+    @app.get("/fhir/{rtype}/_history")
+    def type_history(request: Request, rtype: str, v: VaultDep, _count: int = 50, _offset: int = 0) -> FhirResponse:
+        return _history_bundle(request, v, rtype, None, _count, _offset)
+
+    @app.get("/fhir/{rtype}/{rid}/_history")
+    def instance_history(
+        request: Request, rtype: str, rid: str, v: VaultDep, _count: int = 50, _offset: int = 0
+    ) -> FhirResponse:
+        return _history_bundle(request, v, rtype, rid, _count, _offset)
+
+    def _history_bundle(
+        request: Request, v: Vault, rtype: str, rid: str | None, count: int, offset: int
+    ) -> FhirResponse:
+        # Bounded offset: a huge one overflows the database's integer (a 500 on both backends).
+        if not 0 <= count <= 1000 or not 0 <= offset <= MAX_OFFSET:
+            raise BadRequest("_count must be 0..1000 and _offset 0..1000000000")
+        # _since, _at, _list... are not implemented: refuse them rather than answer as if applied.
+        unknown = {k for k in request.query_params if k not in ("_count", "_offset", "_format", "_pretty")}
+        if unknown and strict(request):
+            raise UnsupportedSearch("history supports _count and _offset only")
+        total, entries = records.history(vault=v, rtype=rtype, rid=rid, count=count, offset=offset)
+        b = base(request)
+        out = []
+        for e in entries:
+            item: dict[str, Any] = {
+                "fullUrl": f"{b}/{e.rtype}/{e.rid}",
+                "request": {
+                    "method": e.method,
+                    "url": e.rtype if e.method == "POST" else f"{e.rtype}/{e.rid}",
+                },
+                "response": {
+                    "status": "410 Gone" if e.resource is None else "200 OK",
+                    "etag": f'W/"{e.version}"',
+                    "lastModified": iso(e.last_updated),
+                },
+            }
+            if e.resource is not None:
+                item["resource"] = e.resource
+            out.append(item)
+        links = []
+        if count and offset + count < total:  # with _count=0 a next link would never advance
+            path = f"{b}/{rtype}" + (f"/{rid}" if rid else "") + "/_history"
+            links.append({"relation": "next", "url": f"{path}?_count={count}&_offset={offset + count}"})
+        return FhirResponse({"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": out})
+
+    @app.get("/fhir/{rtype}/{rid}/_history/{vid}")
+    def vread(rtype: str, rid: str, vid: str, v: VaultDep) -> FhirResponse:
+        # ASCII digits only ("²".isdigit() is True but int() rejects it) and within the column's range.
+        if not (vid.isascii() and vid.isdigit()) or int(vid) > MAX_VERSION:
+            raise NotFound("version ids are whole numbers")
+        doc = records.vread(vault=v, rtype=rtype, rid=rid, version=int(vid))
+        return FhirResponse(doc, headers=headers_for(doc))
+
+    @app.get("/fhir/{rtype}/{rid}")
+    def read(rtype: str, rid: str, v: VaultDep) -> FhirResponse:
+        doc = records.read(vault=v, rtype=rtype, rid=rid)
+        return FhirResponse(doc, headers=headers_for(doc))
+
+    def _search(request: Request, rtype: str, v: Vault, params: list[tuple[str, str]]) -> FhirResponse:
+        result = records.search(vault=v, rtype=rtype, params=params, strict=strict(request))
+        return FhirResponse(
+            fb.searchset(
+                base=base(request),
+                rtype=rtype,
+                resources=result.resources,
+                total=result.total,
+                used=result.used,
+                offset=result.offset,
+                count=result.count,
+            )
+        )
+
+    @app.get("/fhir/{rtype}")
+    def search_get(request: Request, rtype: str, v: VaultDep) -> FhirResponse:
+        return _search(request, rtype, v, list(request.query_params.multi_items()))
+
+    @app.post("/fhir/{rtype}/_search")
+    async def search_post(request: Request, rtype: str, v: VaultDep) -> FhirResponse:
+        # Parsed here: Starlette's request.form() needs python-multipart (not a dependency) and
+        # failed with a 500 without it. R4 only defines application/x-www-form-urlencoded here.
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        raw = await request.body()
+        if raw and ctype != "application/x-www-form-urlencoded":
+            raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
+        try:
+            form = parse_qsl(raw.decode(), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise BadRequest("form body is not UTF-8") from None
+        return _search(request, rtype, v, form + list(request.query_params.multi_items()))
+
+    @app.post("/fhir/{rtype}")
+    async def create(request: Request, rtype: str, v: VaultDep) -> FhirResponse:
+        doc = await body(request)
+        if not is_resource_type(rtype):
+            raise NotFound("unknown resource type")  # never echo the input
+        if_none_exist = request.headers.get("if-none-exist")
+        if if_none_exist:
+            fhir_parse.validate(doc)
+            if doc["resourceType"] != rtype:  # else a match of the URL's type would answer 200
+                raise InvalidResource([Issue("invalid", "resourceType does not match the URL", "resourceType")])
+            existing = record_bundles._resolve_conditional(v, rtype, if_none_exist)
+            if existing is not None:
+                found = records.read(vault=v, rtype=rtype, rid=existing)
+                return FhirResponse(found, status_code=200, headers=headers_for(found))
+        written = records.create(vault=v, resource=doc, rtype=rtype)
+        assert written.resource is not None
+        headers = headers_for(written.resource)
+        headers["Location"] = f"{base(request)}/{rtype}/{written.rid}/_history/{written.version}"
+        return FhirResponse(written.resource, status_code=201, headers=headers)
+
+    @app.put("/fhir/{rtype}/{rid}")
+    async def update(request: Request, rtype: str, rid: str, v: VaultDep) -> FhirResponse:
+        doc = await body(request)
+        if_match = records.parse_if_match(request.headers.get("if-match"))
+        written = records.update(vault=v, rtype=rtype, rid=rid, resource=doc, if_match=if_match)
+        assert written.resource is not None
+        headers = headers_for(written.resource)
+        if written.created:
+            headers["Location"] = f"{base(request)}/{rtype}/{rid}/_history/{written.version}"
+        return FhirResponse(written.resource, status_code=201 if written.created else 200, headers=headers)
+
+    @app.delete("/fhir/{rtype}")
+    def conditional_delete(request: Request, rtype: str, v: VaultDep) -> Response:
+        # Conditional delete (single match), as the CapabilityStatement announces.
+        params = list(request.query_params.multi_items())
+        if not is_resource_type(rtype):
+            raise NotFound("unknown resource type")
+        if not params:
+            raise BadRequest("conditional delete needs search parameters")
+        found = records.search(vault=v, rtype=rtype, params=params)
+        if found.total > 1:
+            raise PreconditionFailed("conditional delete matched more than one resource")
+        if not found.resources:
+            return Response(status_code=204)
+        version = records.delete(vault=v, rtype=rtype, rid=found.resources[0]["id"])
+        return Response(status_code=204, headers={"ETag": f'W/"{version}"'} if version else {})
+
+    @app.delete("/fhir/{rtype}/{rid}")
+    def delete(rtype: str, rid: str, v: VaultDep) -> Response:
+        version = records.delete(vault=v, rtype=rtype, rid=rid)
+        headers = {"ETag": f'W/"{version}"'} if version else {}
+        return Response(status_code=204, headers=headers)

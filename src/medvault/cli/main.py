@@ -1,0 +1,278 @@
+"""`medvault` command line. Every command takes --data-dir; errors are one readable line, exit 1."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from medvault import logs
+from medvault.config import Settings, load_settings
+from medvault.errors import MedvaultError
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="medvault: an encrypted FHIR R4 health record vault."
+)
+keys_app = typer.Typer(no_args_is_help=True, help="Key management.")
+app.add_typer(keys_app, name="keys")
+console = Console()
+err_console = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (env MEDVAULT_DATA_DIR).")]
+DbUrl = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL (env MEDVAULT_DATABASE_URL).")]
+KeyDir = Annotated[Path | None, typer.Option("--key-dir", help="Key directory (env MEDVAULT_KEY_DIR).")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """One line on stderr and exit 1 for any failure; never a traceback (it could quote data)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MedvaultError as exc:
+            err_console.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback to the terminal
+            logs.get("cli").error("unexpected error: %s", exc.__class__.__name__)
+            err_console.print(
+                f"[red]error:[/red] unexpected {exc.__class__.__name__}; see the log in the data directory"
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_for(data_dir: Path | None, database_url: str | None, key_dir: Path | None, **extra: Any) -> Settings:
+    return load_settings(data_dir=data_dir, database_url=database_url, key_dir=key_dir, **extra)
+
+
+@app.command()
+@friendly
+def init(
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+    expected_patients: Annotated[int | None, typer.Option(help="Planned patients (sizes the blind indexes).")] = None,
+) -> None:
+    """Create the data directory, keys (0600), the operator token and the database schema."""
+    from medvault.store.setup import initialise
+
+    settings = settings_for(data_dir, database_url, key_dir, expected_patients=expected_patients)
+    logs.setup(settings.log_path)
+    result = initialise(settings)
+    console.print(f"data directory: {settings.data_dir.resolve()}")
+    console.print(f"keys: {settings.keys_path} ({'created' if result.created_keys else 'already there'})")
+    console.print(f"operator token: {settings.token_path} ({'created' if result.created_token else 'already there'})")
+    console.print(f"blind index width: {result.blind_bits} bits")
+
+
+def _open(settings: Settings) -> tuple[Any, Any, Any]:
+    from medvault.db import make_engine, make_sessionmaker
+    from medvault.store import migrate
+    from medvault.store.crypto_context import build_crypto
+
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    factory = make_sessionmaker(engine)
+    with factory() as session:
+        crypto = build_crypto(settings, session)
+    return engine, factory, crypto
+
+
+def run_import(settings: Settings, paths: list[Path], *, show: bool = True, synthetic: int = 0) -> Any:
+    from medvault.records.importer import Importer, ImportReport, find_files
+
+    files = find_files(paths)
+    engine, factory, crypto = _open(settings)
+    try:
+        importer = Importer(factory, crypto)
+        with Progress(
+            TextColumn("[bold]import"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files"),
+            TextColumn("{task.fields[resources]} resources"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not show,
+        ) as progress:
+            task = progress.add_task("import", total=len(files), resources=0)
+            stored = 0
+
+            def on_file(_path: Path, n: int) -> None:
+                nonlocal stored
+                stored += n
+                progress.update(task, advance=1, resources=stored)
+
+            if synthetic:
+                import orjson
+
+                from medvault.demo_data import synthetic_bundles
+
+                report = ImportReport()
+                progress.update(task, total=synthetic)
+                for i, bundle in enumerate(synthetic_bundles(synthetic)):
+                    before = report.stored
+                    importer.import_bytes(f"synthetic-{i}", orjson.dumps(bundle), report)
+                    on_file(Path(), report.stored - before)
+            else:
+                report = importer.run(files, on_file=on_file)
+    finally:
+        engine.dispose()
+    return report
+
+
+def print_report(report: Any) -> None:
+    table = Table(title="import")
+    for col in ("type", "created", "updated", "unchanged"):
+        table.add_column(col, justify="right" if col != "type" else "left")
+    types = sorted(set(report.created) | set(report.updated) | set(report.unchanged))
+    for t in types:
+        table.add_row(t, str(report.created[t]), str(report.updated[t]), str(report.unchanged[t]))
+    table.add_row(
+        "[bold]total",
+        str(sum(report.created.values())),
+        str(sum(report.updated.values())),
+        str(sum(report.unchanged.values())),
+    )
+    console.print(table)
+    if report.rejected:
+        console.print(f"[yellow]{len(report.rejected)} rejected:[/yellow]")
+        for r in report.rejected:
+            where = f" at {r.location}" if r.location else ""
+            console.print(f"  {r.source}{where}: {r.reason}", highlight=False, markup=False)
+    else:
+        console.print("0 rejected")
+
+
+@app.command("import")
+@friendly
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="FHIR files or folders (Bundles, resources, NDJSON).")],
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+) -> None:
+    """Import FHIR Bundles / resources / NDJSON (files or folders) into the vault."""
+    settings = settings_for(data_dir, database_url, key_dir)
+    logs.setup(settings.log_path)
+    report = run_import(settings, paths)
+    print_report(report)
+    logs.get("cli").info("import: %d files, %d stored, %d rejected", report.files, report.stored, len(report.rejected))
+    if report.rejected and not report.stored and not sum(report.unchanged.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def serve(
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Serve the FHIR API (and, later, the pages)."""
+    settings = settings_for(data_dir, database_url, key_dir)
+    _serve(settings, host, port)
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from medvault.api.app import create_app
+
+    application = create_app(settings)
+    # access_log off: uvicorn's access log prints query strings, which can hold names or birth dates.
+    uvicorn.run(application, host=host, port=port, access_log=False, log_level="warning")
+
+
+@keys_app.command("rotate")
+@friendly
+def keys_rotate(
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+    batch: Annotated[int, typer.Option(help="Data keys re-wrapped per transaction.")] = 200,
+    keep_old: Annotated[bool, typer.Option(help="Leave replaced KEKs in the key directory.")] = False,
+) -> None:
+    """Re-wrap every data key under new key-encryption keys (online; resumes after a crash)."""
+    from medvault.store.rotation import rotate
+
+    settings = settings_for(data_dir, database_url, key_dir)
+    logs.setup(settings.log_path)
+    with Progress(
+        TextColumn("[bold]rotate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("rotate", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        report = rotate(settings, batch=batch, on_progress=on_progress, retire=not keep_old)
+    if report.resumed:
+        console.print("resumed an interrupted rotation")
+    for purpose, kid in report.new_kids.items():
+        console.print(f"{purpose}: active key {kid}")
+    console.print(f"re-wrapped {report.rewrapped} data keys")
+    for kid in report.retired:
+        console.print(f"retired {kid} (moved to {settings.keys_path / 'retired'}; destroy it once no backup needs it)")
+    logs.get("cli").info("keys rotate: %d data keys re-wrapped", report.rewrapped)
+
+
+@app.command()
+@friendly
+def demo(
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    source: Annotated[Path | None, typer.Option(help="FHIR data to load (default: ../shared Synthea set).")] = None,
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the server afterwards.")] = True,
+) -> None:
+    """A ready-to-explore instance: init, import synthetic patients, serve on 127.0.0.1:8000."""
+    from medvault.demo_data import default_source
+    from medvault.store.setup import initialise
+
+    settings = settings_for(data_dir, database_url, key_dir)
+    logs.setup(settings.log_path)
+    initialise(settings)
+    src = source or default_source()
+    if src is None:
+        # Generated in memory and imported directly: no plaintext copy ever touches the disk.
+        console.print("../shared not found: generating 100 synthetic patients")
+        report = run_import(settings, [], synthetic=100)
+    else:
+        console.print(f"importing {src}", highlight=False)
+        report = run_import(settings, [src])
+    print_report(report)
+    token = settings.token_path.read_text().strip()
+    url = f"http://{host}:{port}"
+    console.print(
+        f"\n[bold]medvault is ready[/bold] — FHIR API at {url}/fhir (CapabilityStatement: {url}/fhir/metadata)"
+    )
+    console.print(f"operator token (also in {settings.token_path}):\n  {token}")
+    console.print(f'try:  curl -H "Authorization: Bearer {token}" "{url}/fhir/Patient?_count=5"')
+    if serve_after:
+        _serve(settings, host, port)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    sys.exit(app())

@@ -1,0 +1,84 @@
+"""One settings object; refuses unsafe values (STYLE.md rule 8)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from medvault.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Runtime configuration, from `MEDVAULT_*` environment variables or CLI options."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDVAULT_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("./medvault-data"))
+    database_url: str | None = None
+    key_dir: Path | None = None
+    environment: Literal["production", "development", "benchmark"] = "production"
+    # Benchmark-only: lets bench/ measure the cost of encryption on the same code path.
+    # Refused in every other environment (see the validator below).
+    unsafe_disable_encryption: bool = False
+    # Planned number of patients: sizes the truncated blind indexes at `medvault init`.
+    expected_patients: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.unsafe_disable_encryption and self.environment != "benchmark":
+            raise ConfigError(
+                "MEDVAULT_UNSAFE_DISABLE_ENCRYPTION is a benchmark-only switch; "
+                "it is refused unless MEDVAULT_ENVIRONMENT=benchmark"
+            )
+        return self
+
+    @cached_property
+    def keys_path(self) -> Path:
+        return (self.key_dir or (self.data_dir / "keys")).resolve()
+
+    @cached_property
+    def log_path(self) -> Path:
+        return (self.data_dir / "logs").resolve()
+
+    @cached_property
+    def token_path(self) -> Path:
+        return (self.data_dir / "operator-token").resolve()
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Accept the libpq-style URL operators paste and use psycopg 3 for it.
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{(self.data_dir / 'medvault.db').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with CLI options taking precedence."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)  # type: ignore[arg-type]
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        # pydantic wraps our ConfigError in a ValidationError; surface the one readable line.
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"invalid configuration: {_first_line(cause)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    for line in text:
+        if "MEDVAULT_" in line or "benchmark" in line:
+            return line.strip()
+    return text[0] if text else exc.__class__.__name__

@@ -1,0 +1,1 @@
+"""Keys, envelope encryption and keyed indexes. Knows nothing about FHIR or the database."""

@@ -1,0 +1,126 @@
+"""Demo data: the Synthea set from ../shared when present, else synthetic patients made here."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+SHARED_SYNTHEA = Path("shared/data/synthea/r4-transaction-bundles")
+
+_GIVEN = [
+    "Ada",
+    "Bruno",
+    "Carmen",
+    "Dmitri",
+    "Elena",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jonas",
+    "Keiko",
+    "Luis",
+]
+_FAMILY = ["Okafor", "Lindqvist", "Moreau", "Tanaka", "Novak", "Haddad", "Kowalski", "Ferreira", "Byrne"]
+_CONDITIONS = [
+    ("38341003", "Hypertensive disorder"),
+    ("44054006", "Diabetes mellitus type 2"),
+    ("195967001", "Asthma"),
+    ("92814006", "Chronic lymphocytic leukemia"),
+]
+_OBS = [
+    ("8302-2", "Body Height", "cm", 150, 195),
+    ("29463-7", "Body Weight", "kg", 50, 110),
+    ("8867-4", "Heart rate", "/min", 55, 100),
+]
+
+
+def default_source() -> Path | None:
+    """../shared next to the repository (or the current directory) when it is there."""
+    candidates = [Path.cwd().parent / SHARED_SYNTHEA, Path(__file__).resolve().parents[3] / SHARED_SYNTHEA]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+def synthetic_bundles(patients: int, *, seed: int = 7) -> list[dict[str, Any]]:
+    rng = random.Random(seed)  # noqa: S311 - demo data, not security
+    out = []
+    for _ in range(patients):
+        pid = f"urn:uuid:{uuid.UUID(int=rng.getrandbits(128))}"
+        birth = f"{rng.randint(1930, 2015)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        entries: list[dict[str, Any]] = [
+            {
+                "fullUrl": pid,
+                "resource": {
+                    "resourceType": "Patient",
+                    "identifier": [{"system": "urn:medvault:demo:mrn", "value": str(rng.randint(10**7, 10**8))}],
+                    "name": [{"family": rng.choice(_FAMILY), "given": [rng.choice(_GIVEN)]}],
+                    "gender": rng.choice(["female", "male"]),
+                    "birthDate": birth,
+                    "telecom": [{"system": "phone", "value": f"555-{rng.randint(100, 999)}-{rng.randint(1000, 9999)}"}],
+                },
+                "request": {"method": "POST", "url": "Patient"},
+            }
+        ]
+        for code, display in rng.sample(_CONDITIONS, rng.randint(0, 2)):
+            entries.append(
+                _entry(
+                    "Condition",
+                    {
+                        "clinicalStatus": {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                    "code": "active",
+                                }
+                            ]
+                        },
+                        "code": {"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}]},
+                        "subject": {"reference": pid},
+                        "onsetDateTime": f"{rng.randint(2000, 2025)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+                    },
+                )
+            )
+        for code, display, unit, lo, hi in _OBS:
+            for year in range(2019, 2026):
+                entries.append(
+                    _entry(
+                        "Observation",
+                        {
+                            "status": "final",
+                            "category": [
+                                {
+                                    "coding": [
+                                        {
+                                            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                            "code": "vital-signs",
+                                        }
+                                    ]
+                                }
+                            ],
+                            "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
+                            "subject": {"reference": pid},
+                            "effectiveDateTime": f"{year}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}T10:00:00Z",
+                            "valueQuantity": {
+                                "value": rng.randint(lo, hi),
+                                "unit": unit,
+                                "system": "http://unitsofmeasure.org",
+                                "code": unit,
+                            },
+                        },
+                    )
+                )
+        out.append({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    return out
+
+
+def _entry(rtype: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+        "resource": {"resourceType": rtype, **body},
+        "request": {"method": "POST", "url": rtype},
+    }

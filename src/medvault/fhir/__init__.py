@@ -1,0 +1,1 @@
+"""FHIR R4 parsing, validation, search parameters and the Patient identity split. No I/O."""

@@ -1,0 +1,1 @@
+"""FHIR resource services: the vault's create/read/update/delete/history/search/transaction."""

@@ -1,0 +1,275 @@
+"""Record services: what the API, the CLI and (later) the pages call. Framework-free, keyword-only.
+
+Callers own the transaction (unit of work); these functions add and flush only.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from medvault.fhir import parse as fhir_parse
+from medvault.fhir import search as fs
+from medvault.fhir.errors import InvalidResource, Issue
+from medvault.fhir.types import is_resource_type
+from medvault.records import search as record_search
+from medvault.records.errors import BadRequest, Gone, NotFound, VersionConflict
+from medvault.records.vault import Vault, get_head, load_current, open_version, read_version, store_version
+from medvault.store.models import Resource, ResourceVersion
+
+__all__ = [
+    "HistoryEntry",
+    "Written",
+    "create",
+    "delete",
+    "everything",
+    "history",
+    "read",
+    "search",
+    "update",
+    "vread",
+]
+
+
+@dataclass(frozen=True)
+class Written:
+    rtype: str
+    rid: str
+    version: int
+    last_updated: datetime
+    created: bool
+    resource: dict[str, Any] | None
+    changed: bool = True  # False when an import found the same content and wrote nothing
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    rtype: str
+    rid: str
+    version: int
+    method: str
+    last_updated: datetime
+    resource: dict[str, Any] | None
+
+
+# FHIR R4 id datatype. Checked wherever a client chooses the id (PUT, transaction entries): the
+# body's id is validated by the model, but a transaction's `request.url` id is not, and an id over
+# 64 characters would overflow the column on PostgreSQL (a 500 instead of a 400).
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def _check_type(rtype: str) -> None:
+    if not is_resource_type(rtype):
+        raise NotFound("unknown resource type")  # never echo the input
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def create(
+    *,
+    vault: Vault,
+    resource: dict[str, Any],
+    rtype: str | None = None,
+    rid: str | None = None,
+    validated: bool = False,
+) -> Written:
+    """Create a resource; the server assigns the id unless `rid` is given (import, transactions)."""
+    if not validated:
+        fhir_parse.validate(resource)
+    actual = resource["resourceType"]
+    if rtype is not None and actual != rtype:
+        raise InvalidResource([Issue("invalid", "resourceType does not match the URL", "resourceType")])
+    rid = rid or new_id()
+    head = get_head(vault, actual, rid, for_update=True)
+    doc = dict(resource)
+    version, ts = store_version(vault, rtype=actual, rid=rid, doc=doc, method="POST", head=head)
+    return Written(actual, rid, version, ts, True, doc)
+
+
+def update(
+    *,
+    vault: Vault,
+    rtype: str,
+    rid: str,
+    resource: dict[str, Any],
+    if_match: int | None = None,
+    validated: bool = False,
+    skip_unchanged: bool = False,
+    index_hint: Sequence[tuple[str, str]] | None = None,
+) -> Written:
+    """Update (or create with a client id). `if_match` enforces optimistic locking.
+    `index_hint` passes search index entries computed elsewhere (import workers)."""
+    _check_type(rtype)
+    if not _ID.fullmatch(rid):
+        raise BadRequest("the id in the URL is not a valid FHIR id ([A-Za-z0-9-.], 1-64 characters)")
+    if not validated:
+        fhir_parse.validate(resource)
+    if resource.get("resourceType") != rtype:
+        raise InvalidResource([Issue("invalid", "resourceType does not match the URL", "resourceType")])
+    if resource.get("id") != rid:
+        # R4 http.html#update: a missing or different id SHALL be answered with 400 (not 422).
+        raise BadRequest("resource id must match the id in the URL", location=f"{rtype}.id")
+    head = get_head(vault, rtype, rid, for_update=True)
+    if if_match is not None and (head is None or head.deleted or head.version != if_match):
+        raise VersionConflict(f"{rtype}/{rid} is not at version {if_match}")
+    if skip_unchanged and head is not None and not head.deleted:
+        current = read_version(vault, rtype, rid)
+        if _same_content(current, resource):
+            return Written(rtype, rid, head.version, head.last_updated, False, current, changed=False)
+    doc = dict(resource)
+    created = head is None or head.deleted
+    version, ts = store_version(vault, rtype=rtype, rid=rid, doc=doc, method="PUT", head=head, index_hint=index_hint)
+    return Written(rtype, rid, version, ts, created, doc)
+
+
+def _same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    def strip(d: dict[str, Any]) -> dict[str, Any]:
+        out = dict(d)
+        meta = dict(out.get("meta") or {})
+        meta.pop("versionId", None)
+        meta.pop("lastUpdated", None)
+        if meta:
+            out["meta"] = meta
+        else:
+            out.pop("meta", None)
+        return out
+
+    return strip(a) == strip(b)
+
+
+def read(*, vault: Vault, rtype: str, rid: str) -> dict[str, Any]:
+    _check_type(rtype)
+    return read_version(vault, rtype, rid)
+
+
+def vread(*, vault: Vault, rtype: str, rid: str, version: int) -> dict[str, Any]:
+    _check_type(rtype)
+    return read_version(vault, rtype, rid, version)
+
+
+def delete(*, vault: Vault, rtype: str, rid: str) -> int | None:
+    """Delete (a new version marking the deletion). Returns the deletion's version, None if absent."""
+    _check_type(rtype)
+    head = get_head(vault, rtype, rid, for_update=True)
+    if head is None or head.deleted:
+        return None
+    version, _ = store_version(vault, rtype=rtype, rid=rid, doc=None, method="DELETE", head=head)
+    return version
+
+
+def history(
+    *, vault: Vault, rtype: str, rid: str | None = None, count: int = 50, offset: int = 0
+) -> tuple[int, list[HistoryEntry]]:
+    """Instance or type history, newest first. Returns (total, page)."""
+    _check_type(rtype)
+    vault.flush()
+    conds = [ResourceVersion.rtype == rtype]
+    if rid is not None:
+        conds.append(ResourceVersion.rid == rid)
+        if get_head(vault, rtype, rid) is None:
+            raise NotFound(f"{rtype}/{rid} is not known")
+    total = vault.session.execute(select(func.count()).select_from(ResourceVersion).where(*conds)).scalar_one()
+    rows = (
+        vault.session.execute(
+            select(ResourceVersion)
+            .where(*conds)
+            .order_by(ResourceVersion.last_updated.desc(), ResourceVersion.rid, ResourceVersion.version.desc())
+            .offset(offset)
+            .limit(count)
+        )
+        .scalars()
+        .all()
+    )
+    entries = [
+        HistoryEntry(
+            r.rtype,
+            r.rid,
+            r.version,
+            r.method,
+            r.last_updated,
+            None if r.blob is None else open_version(vault, r),
+        )
+        for r in rows
+    ]
+    return total, entries
+
+
+def search(
+    *, vault: Vault, rtype: str, params: Sequence[tuple[str, str]], strict: bool = True
+) -> record_search.SearchResult:
+    _check_type(rtype)
+    return record_search.search(vault, rtype, params, strict=strict)
+
+
+def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
+    """The patient's compartment plus the practitioners/organizations/locations it references."""
+    head = get_head(vault, "Patient", patient_id)
+    if head is None:
+        raise NotFound(f"Patient/{patient_id} is not known")
+    if head.deleted:
+        raise Gone(f"Patient/{patient_id} was deleted")
+    link = vault.crypto.indexer.pseudonym(patient_id)
+    vault.flush()
+    keys = list(
+        vault.session.execute(
+            select(Resource.rtype, Resource.rid)
+            .where(Resource.patient_link == link, Resource.deleted.is_(False))
+            .order_by(Resource.rtype, Resource.rid)
+        )
+    )
+    docs = load_current(vault, keys)
+    out = [docs[("Patient", patient_id)]] if ("Patient", patient_id) in docs else []
+    out += [d for k, d in docs.items() if k != ("Patient", patient_id)]
+    wanted: set[tuple[str, str]] = set()
+    for doc in out:
+        for ref in _references(doc):
+            parts = ref.split("/")
+            if len(parts) == 2 and parts[0] in (
+                "Practitioner",
+                "Organization",
+                "Location",
+                "Medication",
+                "PractitionerRole",
+            ):
+                wanted.add((parts[0], parts[1]))
+    extra = load_current(vault, sorted(wanted))
+    return out + [extra[k] for k in sorted(extra)]
+
+
+def _references(node: Any) -> list[str]:
+    out: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                out.append(value)
+            else:
+                out.extend(_references(value))
+    elif isinstance(node, list):
+        for item in node:
+            out.extend(_references(item))
+    return out
+
+
+def parse_if_match(header: str | None) -> int | None:
+    """W/"3" or "3" -> 3."""
+    if header is None:
+        return None
+    value = header.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    value = value.strip('"')
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest('If-Match must be a version ETag such as W/"3"') from None
+
+
+SUPPORTED_SEARCH = fs.SEARCH_PARAMS

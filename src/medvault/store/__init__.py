@@ -1,0 +1,1 @@
+"""Tables, the identity vault, data keys and migrations."""

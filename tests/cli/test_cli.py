@@ -1,0 +1,152 @@
+"""The command line: init, import, re-import, keys rotate, demo, and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from medvault.cli import main as cli
+from tests.conftest import SYNTHEA
+
+runner = CliRunner()
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
+    return runner.invoke(cli.app, list(args), env={"MEDVAULT_ENVIRONMENT": "development", **(env or {})})
+
+
+def db_env(settings: Any) -> dict[str, str]:
+    return {"MEDVAULT_DATABASE_URL": settings.database_url} if settings.database_url else {}
+
+
+def test_init_makes_private_keys_and_token(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    result = invoke("init", "--data-dir", str(data))
+    assert result.exit_code == 0, result.output
+    assert "created" in result.output
+    assert stat.S_IMODE((data / "keys").stat().st_mode) == 0o700
+    for f in [*(data / "keys").iterdir(), data / "operator-token", data / "medvault.db"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    token = (data / "operator-token").read_text()
+    again = invoke("init", "--data-dir", str(data))
+    assert again.exit_code == 0
+    assert "already there" in again.output
+    assert (data / "operator-token").read_text() == token  # never overwritten
+
+
+def test_separate_key_dir(tmp_path: Path) -> None:
+    result = invoke("init", "--data-dir", str(tmp_path / "d"), "--key-dir", str(tmp_path / "k"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "k" / "index.key").exists()
+    assert not (tmp_path / "d" / "keys").exists()
+
+
+def _two_bundles(tmp_path: Path) -> Path:
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in sorted(SYNTHEA.glob("*.json"))[:2]:
+        shutil.copy(f, src / f.name)
+    return src
+
+
+@pytest.mark.skipif(not SYNTHEA.is_dir(), reason="../shared Synthea data not present")
+def test_import_and_reimport_creates_no_duplicates(settings: Any, tmp_path: Path) -> None:
+    src = _two_bundles(tmp_path)
+    first = invoke("import", "--data-dir", str(settings.data_dir), str(src), env=db_env(settings))
+    assert first.exit_code == 0, first.output
+    assert "0 rejected" in first.output
+    assert "Observation" in first.output
+    second = invoke("import", "--data-dir", str(settings.data_dir), str(src), env=db_env(settings))
+    assert second.exit_code == 0, second.output
+    total_line = next(line for line in second.output.splitlines() if "total" in line)
+    cells = [c.strip() for c in total_line.strip("│ ").split("│")]
+    assert cells[1:3] == ["0", "0"]  # created, updated: nothing new the second time
+    assert int(cells[3]) > 100
+
+
+def test_import_reports_rejections(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    assert invoke("init", "--data-dir", str(data)).exit_code == 0
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "good.json").write_text('{"resourceType": "Patient", "id": "p1", "gender": "female"}')
+    (src / "bad.json").write_text('{"resourceType": "Patient", "id": "p2", "birthDate": "sometimes"}')
+    (src / "broken.json").write_text('{"resourceType": ')
+    (src / "lines.ndjson").write_text('{"resourceType": "Patient", "id": "p3"}\n{"resourceType": "Nope"}\n')
+    result = invoke("import", "--data-dir", str(data), str(src))
+    assert result.exit_code == 0, result.output
+    assert "3 rejected" in result.output
+    assert "bad.json" in result.output
+    assert "broken.json" in result.output
+    assert "lines.ndjson:2" in result.output
+    assert "sometimes" not in result.output  # rejected values are never echoed
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["import", "/definitely/not/here"], {}, "no such file or folder"),
+        (["serve"], {}, "medvault init"),
+        (["init"], {"MEDVAULT_UNSAFE_DISABLE_ENCRYPTION": "1", "MEDVAULT_ENVIRONMENT": "production"}, "benchmark"),
+    ],
+)
+def test_errors_are_one_line(tmp_path: Path, args: list[str], env: dict[str, str], needle: str) -> None:
+    result = runner.invoke(cli.app, [*args, "--data-dir", str(tmp_path / "empty")], env=env)
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert needle in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_missing_key_is_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    assert invoke("init", "--data-dir", str(data)).exit_code == 0
+    (data / "keys" / "index.key").unlink()
+    result = invoke("import", "--data-dir", str(data), str(tmp_path))
+    assert result.exit_code == 1
+    assert "no keys" in result.output or "index key not found" in result.output
+    assert len([x for x in result.output.splitlines() if x.strip()]) == 1
+
+
+def test_keys_rotate_cli(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    assert invoke("init", "--data-dir", str(data)).exit_code == 0
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "p.json").write_text('{"resourceType": "Patient", "id": "p1", "name": [{"family": "Rota"}]}')
+    assert invoke("import", "--data-dir", str(data), str(src)).exit_code == 0
+    before = sorted(p.name for p in (data / "keys").glob("kek-*.key"))
+    result = invoke("keys", "rotate", "--data-dir", str(data))
+    assert result.exit_code == 0, result.output
+    assert "re-wrapped 2 data keys" in result.output
+    after = sorted(p.name for p in (data / "keys").glob("kek-*.key"))
+    assert set(before).isdisjoint(after)
+    assert sorted(p.name for p in (data / "keys" / "retired").iterdir()) == before
+
+
+def test_demo_generates_synthetic_patients_without_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("medvault.demo_data.default_source", lambda: None)
+    data = tmp_path / "d"
+    result = invoke("demo", "--data-dir", str(data), "--no-serve")
+    assert result.exit_code == 0, result.output
+    assert "generating 100 synthetic patients" in result.output
+    assert "0 rejected" in result.output
+    assert "http://127.0.0.1:8000/fhir" in result.output
+    assert not any(p.suffix == ".json" for p in data.rglob("*")), "no plaintext copy on disk"
+
+
+def test_benchmark_switch_refused_outside_benchmarks() -> None:
+    from medvault.config import load_settings
+    from medvault.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        load_settings(unsafe_disable_encryption=True, environment="production")
+    assert load_settings(unsafe_disable_encryption=True, environment="benchmark").unsafe_disable_encryption
+    assert os.environ.get("MEDVAULT_UNSAFE_DISABLE_ENCRYPTION") is None
