@@ -56,7 +56,8 @@ def test_stolen_copy_reveals_nothing(settings: Any, backend: str, request: pytes
     # as blind as the database.
     event.listen(Engine, "connect", _no_checkpoint)
     engine = make_engine(settings)
-    conn = engine.connect()
+    # A reader (deferred BEGIN): a writer's BEGIN IMMEDIATE here would lock the import out.
+    conn = engine.execution_options(medvault_write=False).connect()
     try:
         conn.execute(text("SELECT 1"))
         env = {"MEDVAULT_DATABASE_URL": settings.database_url or "", "MEDVAULT_ENVIRONMENT": "development"}
