@@ -16,8 +16,9 @@ import orjson
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.types import Message, Receive, Scope, Send
 
 from medvault import logs
 from medvault.api.capability import capability_statement
@@ -105,51 +106,102 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         engine.dispose()
 
-    app = FastAPI(title="medvault", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No OpenAPI document or docs pages: the FHIR CapabilityStatement describes the API, and an
+    # unauthenticated schema endpoint would be one more open door.
+    app = MedvaultApp(
+        title="medvault",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.medvault = state
-
-    class AccessLog(BaseHTTPMiddleware):
-        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-            start = time.perf_counter()
-            path = request.url.path
-            if path.startswith("/fhir") and not _authorised(request, state.token):
-                response: Response = outcome(
-                    401,
-                    [Issue("login", "missing or wrong bearer token")],
-                    headers={"WWW-Authenticate": 'Bearer realm="medvault"'},
-                )
-            else:
-                response = await call_next(request)
-            log.info(
-                "%s %s %s %.1fms",
-                request.method,
-                _loggable_path(request),
-                response.status_code,
-                (time.perf_counter() - start) * 1000,
-            )
-            return response
-
-    app.add_middleware(AccessLog)
     _install_error_handlers(app)
     _install_routes(app, state)
     return app
 
 
-def _loggable_path(request: Request) -> str:
+# The only door open without the operator token. Everything else - /fhir, unknown paths, paths
+# under any root_path a proxy adds - needs it: deny by default, so a new route or a path prefix can
+# never be reached unauthenticated by accident.
+PUBLIC_PATHS = frozenset({"/healthz"})
+SECURITY_HEADERS = (
+    # Health data must not linger in browser or proxy caches.
+    ("cache-control", "no-store"),
+    ("pragma", "no-cache"),
+    ("x-content-type-options", "nosniff"),
+)
+
+
+class MedvaultApp(FastAPI):
+    """FastAPI with a guard outside Starlette's whole middleware stack. Starlette re-raises an
+    unhandled exception after its 500 response, so the ASGI server would log a traceback (which
+    can quote request data); the guard swallows it after logging only the exception class. It also
+    authenticates, adds the security headers, and writes the access log line."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        state: AppState = self.state.medvault
+        start = time.perf_counter()
+        sent: dict[str, int] = {}
+
+        async def guarded_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                sent["status"] = int(message["status"])
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS:
+                    headers[name] = value
+            await send(message)
+
+        try:
+            if _route_path(scope) in PUBLIC_PATHS or _authorised(Headers(scope=scope), state.token):
+                await super().__call__(scope, receive, guarded_send)
+            else:
+                await outcome(
+                    401,
+                    [Issue("login", "missing or wrong bearer token")],
+                    headers={"WWW-Authenticate": 'Bearer realm="medvault"'},
+                )(scope, receive, guarded_send)
+        except Exception as exc:  # noqa: BLE001 - last line of defence, see the class docstring
+            log.error("unhandled error: %s", exc.__class__.__name__)
+            if "status" not in sent:
+                await outcome(500, [Issue("exception", "internal error; see the server log")])(
+                    scope, receive, guarded_send
+                )
+        finally:
+            log.info(
+                "%s %s %s %.1fms",
+                scope.get("method", "?"),
+                _loggable_path(scope),
+                sent.get("status", 0),
+                (time.perf_counter() - start) * 1000,
+            )
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: the request path without the root_path prefix (as Starlette)."""
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _loggable_path(scope: Scope) -> str:
     """The route template with only the resource type filled in: never a query string (it can carry
     names or birth dates) and never an id (a client may choose an MRN as an id)."""
-    route = request.scope.get("route")
-    template = getattr(route, "path", None)
+    template = getattr(scope.get("route"), "path", None)
     if not isinstance(template, str):
         return "(no route)"
-    rtype = request.path_params.get("rtype")
+    rtype = scope.get("path_params", {}).get("rtype")
     if isinstance(rtype, str) and is_resource_type(rtype):
         template = template.replace("{rtype}", rtype)
     return template
 
 
-def _authorised(request: Request, token: bytes) -> bool:
-    header = request.headers.get("authorization", "")
+def _authorised(headers: Headers, token: bytes) -> bool:
+    header = headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value:
         return False
