@@ -210,3 +210,28 @@ def test_foreign_index_key_is_refused(vault_env: Any) -> None:
     (vault_env.settings.keys_path / "index.key").write_bytes(base64.b64encode(os.urandom(32)))
     with vault_env.factory() as s, pytest.raises(KeyMismatch, match=r"index\.key"):
         build_crypto(vault_env.settings, s)
+
+
+def test_encrypted_store_refuses_the_benchmark_plaintext_switch(vault_env: Any) -> None:
+    """The store records at init that it is encrypted; the benchmark-only switch cannot open it."""
+    unsafe = vault_env.settings.model_copy(update={"unsafe_disable_encryption": True, "environment": "benchmark"})
+    with vault_env.factory() as session, pytest.raises(KeyMismatch, match="requires encryption"):
+        build_crypto(unsafe, session)
+
+
+def test_plaintext_benchmark_store_cannot_be_opened_as_a_vault(tmp_path: Any) -> None:
+    from medvault.config import load_settings
+    from medvault.db import make_engine, make_sessionmaker
+    from medvault.store.setup import initialise
+
+    plain = load_settings(data_dir=tmp_path / "bench", environment="benchmark", unsafe_disable_encryption=True)
+    initialise(plain)
+    vault = load_settings(data_dir=tmp_path / "bench", environment="development")
+    engine = make_engine(vault)
+    try:
+        with make_sessionmaker(engine)() as session:
+            assert build_crypto(plain, session).sealer is not None
+            with pytest.raises(KeyMismatch, match="plaintext benchmark store"):
+                build_crypto(vault, session)
+    finally:
+        engine.dispose()

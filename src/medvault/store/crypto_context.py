@@ -144,6 +144,10 @@ def index_key_check(keyring: KeyRing) -> str:
     return hmac.new(keyring.index_key("check"), b"medvault index key check", hashlib.sha256).hexdigest()[:16]
 
 
+ENCRYPTION_REQUIRED = "required"
+ENCRYPTION_BENCHMARK_PLAINTEXT = "disabled-for-benchmark"
+
+
 def read_meta(session: Session, key: str) -> str | None:
     row = session.get(Meta, key)
     return row.value if row else None
@@ -170,5 +174,13 @@ def build_crypto(settings: Settings, session: Session) -> CryptoContext:
         blind_bits=int(bits),
         content_key=keyring.index_key("content-id"),
     )
+    # The store remembers at init whether it is encrypted. Without this, a stray benchmark switch
+    # on a production data dir would silently write plaintext next to ciphertext. Stores made
+    # before the marker existed are encrypted ones.
+    mode = read_meta(session, "encryption") or ENCRYPTION_REQUIRED
+    if mode == ENCRYPTION_REQUIRED and settings.unsafe_disable_encryption:
+        raise KeyMismatch("this store requires encryption: unset MEDVAULT_UNSAFE_DISABLE_ENCRYPTION")
+    if mode != ENCRYPTION_REQUIRED and not settings.unsafe_disable_encryption:
+        raise KeyMismatch("this is a plaintext benchmark store; it cannot be opened as a vault")
     sealer = Sealer(enabled=not settings.unsafe_disable_encryption)
     return CryptoContext(keyring=keyring, sealer=sealer, indexer=indexer)

@@ -11,7 +11,7 @@ from medvault.crypto.indexes import blind_bits_for
 from medvault.crypto.keys import KeyRing
 from medvault.db import make_engine, make_sessionmaker, unit_of_work
 from medvault.store import migrate
-from medvault.store.crypto_context import index_key_check
+from medvault.store.crypto_context import ENCRYPTION_BENCHMARK_PLAINTEXT, ENCRYPTION_REQUIRED, index_key_check
 from medvault.store.models import Meta
 
 # Blind index entries a patient contributes (identifiers, names, birth date, phone, e-mail).
@@ -46,6 +46,9 @@ def initialise(settings: Settings) -> InitResult:
     try:
         migrate.upgrade(engine)
         with unit_of_work(make_sessionmaker(engine)) as session:
+            if session.get(Meta, "encryption") is None:
+                mode = ENCRYPTION_BENCHMARK_PLAINTEXT if settings.unsafe_disable_encryption else ENCRYPTION_REQUIRED
+                session.add(Meta(key="encryption", value=mode))
             if session.get(Meta, "index_key_check") is None:
                 session.add(Meta(key="index_key_check", value=index_key_check(KeyRing(settings.keys_path))))
             row = session.get(Meta, "blind_index_bits")
