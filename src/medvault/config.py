@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     # Refused in every other environment (see the validator below).
     unsafe_disable_encryption: bool = False
     # Planned number of patients: sizes the truncated blind indexes at `medvault init`.
-    expected_patients: int = Field(default=1000, ge=1)
+    expected_patients: int = Field(default=1000, ge=1, le=1_000_000_000)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -40,6 +40,14 @@ def test_init_makes_private_keys_and_token(tmp_path: Path) -> None:
     assert (data / "operator-token").read_text() == token  # never overwritten
 
 
+def test_sqlite_file_outside_the_data_dir_is_private_too(tmp_path: Path) -> None:
+    db = tmp_path / "elsewhere" / "vault.sqlite"
+    db.parent.mkdir()
+    result = invoke("init", "--data-dir", str(tmp_path / "d"), "--database-url", f"sqlite:///{db}")
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
 def test_separate_key_dir(tmp_path: Path) -> None:
     result = invoke("init", "--data-dir", str(tmp_path / "d"), "--key-dir", str(tmp_path / "k"))
     assert result.exit_code == 0, result.output

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from medvault.config import Settings
 from medvault.crypto.indexes import blind_bits_for
@@ -60,8 +63,12 @@ def initialise(settings: Settings) -> InitResult:
     finally:
         engine.dispose()
     if settings.is_sqlite:
-        for suffix in ("", "-wal", "-shm"):
-            db_file = settings.data_dir / f"medvault.db{suffix}"
-            if db_file.exists():
-                os.chmod(db_file, 0o600)
+        # Wherever the file lives (a custom MEDVAULT_DATABASE_URL may put it outside the data dir),
+        # only the owner may read it or its journal.
+        database = make_url(settings.sqlalchemy_url).database
+        if database and database != ":memory:":
+            for suffix in ("", "-wal", "-shm"):
+                db_file = Path(database + suffix)
+                if db_file.exists():
+                    os.chmod(db_file, 0o600)
     return InitResult(created_keys, created_token, bits)
