@@ -16,13 +16,17 @@ from rich.table import Table
 
 from medvault import logs
 from medvault.config import Settings, load_settings
+from medvault.db import make_engine, make_sessionmaker
 from medvault.errors import MedvaultError
+from medvault.store import migrate
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="medvault: an encrypted FHIR R4 health record vault."
 )
 keys_app = typer.Typer(no_args_is_help=True, help="Key management.")
 app.add_typer(keys_app, name="keys")
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident access log.")
+app.add_typer(audit_app, name="audit")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -234,6 +238,88 @@ def keys_rotate(
     for kid in report.retired:
         console.print(f"retired {kid} (moved to {settings.keys_path / 'retired'}; destroy it once no backup needs it)")
     logs.get("cli").info("keys rotate: %d data keys re-wrapped", report.rewrapped)
+
+
+@audit_app.command("checkpoint")
+@friendly
+def audit_checkpoint(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write here (must not exist yet); default: standard output.")
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+) -> None:
+    """Sign the log's current size and Merkle root. Keep the output where the server cannot write."""
+    from medvault.audit import log as audit_log
+    from medvault.crypto.signing import load_private
+
+    settings = settings_for(data_dir, database_url, key_dir)
+    logs.setup(settings.log_path)
+    private = load_private(settings.keys_path)
+    engine = make_engine(settings)
+    try:
+        migrate.upgrade(engine)
+        with make_sessionmaker(engine, write=False)() as session:
+            text = audit_log.make_checkpoint(session=session, private_key=private, origin="medvault")
+    finally:
+        engine.dispose()
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            with out.open("x", encoding="utf-8") as f:  # an export is never overwritten
+                f.write(text)
+        except FileExistsError:
+            raise MedvaultError(f"{out} already exists; checkpoints are never overwritten") from None
+        except OSError as exc:
+            raise MedvaultError(f"cannot write {out}: {exc.strerror}") from None
+        console.print(f"checkpoint of {text.splitlines()[1]} entries written to {out}", highlight=False)
+    logs.get("cli").info("audit checkpoint: %s entries", text.splitlines()[1])
+
+
+@audit_app.command("verify")
+@friendly
+def audit_verify(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A checkpoint exported earlier.")],
+    public_key: Annotated[
+        Path | None, typer.Option("--public-key", help="audit-signing.pub (default: the key directory's).")
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+) -> None:
+    """Check the stored log against an exported checkpoint: any edit, deletion, reordering,
+    insertion or truncation of the entries it covers is reported. Needs no decryption key."""
+    from medvault.audit import log as audit_log
+    from medvault.crypto.signing import load_public
+
+    settings = settings_for(data_dir, database_url, key_dir)
+    logs.setup(settings.log_path)
+    public = load_public(public_key or settings.keys_path)
+    try:
+        text = checkpoint.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise MedvaultError(f"cannot read the checkpoint {checkpoint}") from None
+    engine = make_engine(settings)
+    try:
+        if not migrate.is_current(engine):
+            raise MedvaultError("this database has no current schema: run `medvault init` on it first")
+        with make_sessionmaker(engine, write=False)() as session:
+            report = audit_log.verify(session=session, checkpoint_text=text, public_key=public)
+    finally:
+        engine.dispose()
+    logs.get("cli").info("audit verify: %d entries, %d problems", report.checked, len(report.problems))
+    if report.ok:
+        console.print(
+            f"log verified: {report.size} entries, the first {report.checkpoint_size} match the checkpoint; "
+            f"root {report.root.hex()}",
+            highlight=False,
+        )
+        return
+    for problem in report.problems:
+        err_console.print(f"[red]TAMPERED:[/red] {problem}", highlight=False)
+    raise typer.Exit(1)
 
 
 @app.command()

@@ -140,3 +140,33 @@ class IdentityIndex(Base):
     bucket: Mapped[int] = mapped_column(Integer)
     handle: Mapped[bytes] = mapped_column(LargeBinary(16))
     __mapper_args__ = {"primary_key": [bucket, handle]}  # noqa: RUF012
+
+
+class AuditHead(Base):
+    """One row: how many entries the access log holds. Appends lock it (FOR UPDATE on PostgreSQL;
+    SQLite writers are exclusive anyway), so sequence numbers are dense and commit in order: a
+    checkpoint never covers a gap that a slower transaction fills later."""
+
+    __tablename__ = "audit_head"
+    __table_args__ = (UniqueConstraint("id"),)
+    id: Mapped[int] = mapped_column(Integer, autoincrement=False)
+    size: Mapped[int] = mapped_column(BigInteger)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+
+class AuditEntry(Base):
+    """One access-log entry: a sealed FHIR AuditEvent (under the patient's data key, so erasing a
+    patient blanks their entries' content) and the Merkle leaf inputs, which need no key to check."""
+
+    __tablename__ = "audit_entry"
+    __table_args__ = (UniqueConstraint("seq"), Index(None, "patient_token", "seq"))
+    seq: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
+    recorded: Mapped[datetime] = mapped_column(UtcMicros)
+    data_key_id: Mapped[int] = mapped_column(BigInteger)  # no FK: an erased patient's key goes, the entry stays
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    # Keyed token of the patient the entry is about (zeros for none): "who accessed my record".
+    patient_token: Mapped[bytes] = mapped_column(LargeBinary(12))
+    __mapper_args__ = {"primary_key": [seq]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"AuditEntry(seq={self.seq})"

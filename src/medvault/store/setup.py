@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from medvault.config import Settings
 from medvault.crypto.indexes import blind_bits_for
 from medvault.crypto.keys import KeyRing
+from medvault.crypto.signing import ensure_signing_key
 from medvault.db import make_engine, make_sessionmaker, unit_of_work
 from medvault.store import migrate
 from medvault.store.crypto_context import ENCRYPTION_BENCHMARK_PLAINTEXT, ENCRYPTION_REQUIRED, index_key_check
@@ -37,6 +38,8 @@ def initialise(settings: Settings) -> InitResult:
     if not ring.exists():
         KeyRing.create(settings.keys_path)
         created_keys = True
+    # Made for key directories from before the access log too (init is idempotent).
+    created_keys = ensure_signing_key(settings.keys_path) or created_keys
     created_token = False
     if not settings.token_path.exists():
         fd = os.open(settings.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
