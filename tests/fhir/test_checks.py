@@ -175,6 +175,14 @@ XHTML_REJECTED = [
     ("not well-formed", DIV + "<p>" + CANARY + "</div>", "not well-formed"),
     ("HTML entity", DIV + CANARY + "&nbsp;</div>", "undefined entity"),
     ("DOCTYPE", '<!DOCTYPE x [<!ENTITY a "' + CANARY + '">]>' + DIV + "&a;</div>", "DOCTYPE"),
+    ("comment", DIV + "<p>" + CANARY + "</p><!-- a comment --></div>", "XML comment"),
+    ("comment smuggling markup", DIV + "<p>x</p><!--<img src=x onerror=alert(1)>-->" + CANARY + "</div>", "comment"),
+    ("empty comment", DIV + CANARY + "<!----></div>", "XML comment"),
+    ("CDATA section", DIV + "<pre><![CDATA[ <not markup> ]]>" + CANARY + "</pre></div>", "CDATA section"),
+    ("CDATA smuggling markup", DIV + "<p><![CDATA[<script>alert(1)</script>]]></p>" + CANARY + "</div>", "CDATA"),
+    # XML reads text; an HTML parser ends a bogus comment at the first ">" and then runs the <img>.
+    ("CDATA mutation", DIV + "<p><![CDATA[ ><img src=x onerror=alert(1)> ]]>" + CANARY + "</p></div>", "CDATA"),
+    ("conditional comment", DIV + "<!--[if IE]><script>x()</script><![endif]-->" + CANARY + "</div>", "comment"),
     ("processing instruction", DIV + "<?php echo 1 ?>" + CANARY + "</div>", "processing instruction"),
     ("no XHTML namespace", "<div><p>" + CANARY + "</p></div>", "XHTML namespace"),
     ("root is not a div", '<p xmlns="http://www.w3.org/1999/xhtml">' + CANARY + "</p>", "div element"),
@@ -194,8 +202,8 @@ XHTML_ACCEPTED = [
     "</tr></tbody></table></div>",
     DIV + '<a name="top"/><a href="https://example.org/x?y=1#z">link</a> <a href="#top">back</a></div>',
     DIV + '<img src="data:image/png;base64,iVBORw0KGgo=" alt="logo"/></div>',
-    DIV + '<span style="color: red" xml:lang="en" lang="en">x</span><br/><!-- a comment --></div>',
-    DIV + "<pre><![CDATA[ <not markup> ]]></pre></div>",
+    DIV + '<span style="color: red" xml:lang="en" lang="en">x</span><br/></div>',
+    DIV + "<pre>&lt;!-- not a comment --&gt; &lt;![CDATA[ not markup ]]&gt;</pre></div>",  # escaped: text
     DIV + "<ul><li><b>bold</b> and <i>italic</i></li></ul><p>onset=3 days</p></div>",
 ]
 

@@ -361,7 +361,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
     @app.get("/fhir/{rtype}/{rid}/_history/{vid}")
     def vread(rtype: str, rid: str, vid: str, v: VaultDep) -> FhirResponse:
         # ASCII digits only ("²".isdigit() is True but int() rejects it) and within the column's range.
-        if not (vid.isascii() and vid.isdigit()) or int(vid) > MAX_VERSION:
+        # Length first: int() of a 5,000-digit string raises (CPython's digit limit), a 500.
+        if not (vid.isascii() and vid.isdigit() and len(vid) <= 10) or int(vid) > MAX_VERSION:
             raise NotFound("version ids are whole numbers")
         doc = records.vread(vault=v, rtype=rtype, rid=rid, version=int(vid))
         return FhirResponse(doc, headers=headers_for(doc))

@@ -9,7 +9,8 @@ A batch runs each entry in its own savepoint and reports per-entry outcomes.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -21,13 +22,34 @@ from medvault.fhir import bundles as fb
 from medvault.fhir import checks as fhir_checks
 from medvault.fhir import parse as fhir_parse
 from medvault.fhir.errors import InvalidResource, Issue
-from medvault.fhir.types import is_resource_type
+from medvault.fhir.types import MAX_VERSION, is_fhir_id, is_resource_type, is_version_id
 from medvault.records import service
 from medvault.records.errors import BadRequest, Gone, NotFound, PreconditionFailed, VersionConflict
 from medvault.records.vault import Vault, index_entries
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 URN_PREFIXES = ("urn:uuid:", "urn:oid:")
+# FHIR `uri` values have no whitespace; control characters never belong in a URL (urlsplit would
+# even drop tabs and newlines silently, and PostgreSQL refuses NUL in text).
+_URL_NOISE = re.compile(r"[\x00-\x20\x7f]")
+_ID_RULE = "1-64 characters of A-Z, a-z, 0-9, '-' and '.'"
+
+
+class UnsupportedRequest(BadRequest):
+    """An entry request this server does not implement (400, like every other request problem)."""
+
+    code = "not-supported"
+
+
+@dataclass(frozen=True)
+class _Request:
+    """An entry's checked request.url: `Type`, `Type/id` or (reads) `Type/id/_history/version`,
+    with its query parameters (decoded once)."""
+
+    rtype: str
+    rid: str | None
+    version: int | None
+    query: list[tuple[str, str]]
 
 
 @dataclass
@@ -39,12 +61,25 @@ class _Entry:
     resource: dict[str, Any] | None
     if_none_exist: str | None
     if_match: str | None
+    request: _Request
     target: tuple[str, str] | None = None  # (type, id) once known
     skip: bool = False  # conditional create matched an existing resource
 
 
 def _where(i: int) -> str:
     return f"Bundle.entry[{i}]"
+
+
+@contextmanager
+def _naming_entry(index: int) -> Iterator[None]:
+    """Errors raised while an entry runs (a search's, a read's) name that entry when they name
+    nothing more precise in the Bundle (a search error names only its parameter)."""
+    try:
+        yield
+    except MedvaultError as exc:
+        if not isinstance(exc, InvalidResource) and not (exc.location or "").startswith("Bundle."):
+            exc.location = _where(index)
+        raise
 
 
 def check_bundle(bundle: dict[str, Any], *, validate: bool = True) -> list[_Entry]:
@@ -57,6 +92,9 @@ def check_bundle(bundle: dict[str, Any], *, validate: bool = True) -> list[_Entr
         raise InvalidResource([Issue("structure", "Bundle.entry must be an array", "Bundle.entry")])
     entries: list[_Entry] = []
     seen_full: dict[str, int] = {}
+    # Problems with an entry's URLs are request errors (400), raised as the first one found: the
+    # resources' own issues (422 unless structural) are secondary to a request that cannot run.
+    url_problem: BadRequest | None = None
     for i, raw in enumerate(entries_raw):
         if not isinstance(raw, dict):
             issues.append(Issue("structure", "entry must be an object", _where(i)))
@@ -73,6 +111,16 @@ def check_bundle(bundle: dict[str, Any], *, validate: bool = True) -> list[_Entr
             issues.append(Issue("not-supported", "PATCH is not supported", f"{_where(i)}.request.method"))
             continue
         full = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
+        try:
+            if full is not None:
+                _check_full_url(full, f"{_where(i)}.fullUrl")
+            request = _parse_request(method, req["url"], f"{_where(i)}.request.url")
+            resource_type = raw["resource"].get("resourceType") if isinstance(raw.get("resource"), dict) else None
+            if method in ("POST", "PUT") and isinstance(resource_type, str) and resource_type != request.rtype:
+                raise BadRequest("resourceType does not match the request url", location=f"{_where(i)}.request.url")
+        except BadRequest as exc:
+            url_problem = url_problem or exc
+            continue
         if full is not None:
             if full in seen_full:
                 issues.append(
@@ -103,8 +151,11 @@ def check_bundle(bundle: dict[str, Any], *, validate: bool = True) -> list[_Entr
                 resource if isinstance(resource, dict) else None,
                 req.get("ifNoneExist") if isinstance(req.get("ifNoneExist"), str) else None,
                 req.get("ifMatch") if isinstance(req.get("ifMatch"), str) else None,
+                request,
             )
         )
+    if url_problem is not None:
+        raise url_problem
     if bundle.get("type") == "transaction" and validate:
         issues.extend(_dangling_references(entries, set(seen_full)))
     if issues:
@@ -141,14 +192,47 @@ def _dangling_references(entries: list[_Entry], full_urls: set[str]) -> list[Iss
     return issues
 
 
-def _split_url(url: str) -> tuple[str, str | None, list[tuple[str, str]]]:
-    parts = urlsplit(url)
+def _check_full_url(full: str, where: str) -> None:
+    if _URL_NOISE.search(full):
+        raise BadRequest("fullUrl contains whitespace or control characters", location=where)
+    try:
+        urlsplit(full)
+    except ValueError:  # e.g. "http://[::1": an unclosed IPv6 literal
+        raise BadRequest("fullUrl is not a valid URL", location=where) from None
+
+
+def _parse_request(method: str, url: str, where: str) -> _Request:
+    """Checks an entry's request.url before anything runs; errors name `where`, never the url."""
+    if _URL_NOISE.search(url):
+        raise BadRequest("request url contains whitespace or control characters", location=where)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "http://[::1": an unclosed IPv6 literal
+        raise BadRequest("request url is not a valid URL", location=where) from None
     path = parts.path.strip("/")
     segs = path.split("/") if path else []
     if not segs or not is_resource_type(segs[0]):
-        raise BadRequest("entry request url must start with a known resource type")
+        raise BadRequest("entry request url must start with a known resource type", location=where)
     rid = segs[1] if len(segs) > 1 else None
-    return segs[0], rid, parse_qsl(parts.query, keep_blank_values=True)
+    if rid is not None and not is_fhir_id(rid):
+        raise BadRequest(f"the id in the request url is not a valid FHIR id ({_ID_RULE})", location=where)
+    version = None
+    if len(segs) == 4 and segs[2] == "_history" and method in ("GET", "HEAD"):
+        # At most 10 digits before int(): Python refuses to convert over 4,300 (a ValueError).
+        digits = segs[3]
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 10 and is_version_id(int(digits))):
+            raise BadRequest(
+                f"the version in the request url is not a whole number from 1 to {MAX_VERSION}", location=where
+            )
+        version = int(digits)
+    elif len(segs) > 2:
+        raise UnsupportedRequest(
+            "entry request url is not supported (Type, Type/id, Type?query or, to read, Type/id/_history/version)",
+            location=where,
+        )
+    if method == "PUT" and rid is None:
+        raise UnsupportedRequest("conditional update is not supported: PUT needs Type/id", location=where)
+    return _Request(segs[0], rid, version, parse_qsl(parts.query, keep_blank_values=True))
 
 
 def _resolve_conditional(vault: Vault, rtype: str, query: str) -> str | None:
@@ -219,13 +303,13 @@ def resolve_for_import(bundle: dict[str, Any]) -> list[Resolved] | None:
             return None
         rtype = e.resource["resourceType"]
         if e.method == "PUT":
-            _, rid, _ = _split_url(e.url)
+            rid = e.request.rid
         else:
             rid = e.resource.get("id") or (
                 e.full_url[9:] if e.full_url and e.full_url.startswith("urn:uuid:") else None
             )
-        if not isinstance(rid, str) or not rid:
-            return None
+        if not is_fhir_id(rid):
+            return None  # processed normally, which says what is wrong
         targets.append((e, rtype, rid))
         if e.full_url:
             mapping[e.full_url] = f"{rtype}/{rid}"
@@ -275,7 +359,8 @@ def _assign(vault: Vault, entries: list[_Entry], *, stable_ids: bool) -> dict[st
             continue
         rtype = e.resource["resourceType"]
         if e.method == "POST":
-            existing = _resolve_conditional(vault, rtype, e.if_none_exist) if e.if_none_exist else None
+            with _naming_entry(e.index):
+                existing = _resolve_conditional(vault, rtype, e.if_none_exist) if e.if_none_exist else None
             if existing is not None:
                 e.target, e.skip = (rtype, existing), True
             elif stable_ids:
@@ -283,9 +368,9 @@ def _assign(vault: Vault, entries: list[_Entry], *, stable_ids: bool) -> dict[st
             else:
                 e.target = (rtype, service.new_id())
         elif e.method == "PUT":
-            _, rid, _ = _split_url(e.url)
-            if rid is None:
-                raise BadRequest("conditional update is not supported: PUT needs Type/id")
+            rid = e.request.rid
+            if rid is None:  # check_bundle refuses this already
+                raise UnsupportedRequest("conditional update is not supported: PUT needs Type/id")
             e.target = (rtype, rid)
         if e.full_url and e.target:
             mapping[e.full_url] = f"{e.target[0]}/{e.target[1]}"
@@ -299,7 +384,13 @@ def _stable_id(e: _Entry) -> str:
     if isinstance(rid, str) and rid:
         return rid
     if e.full_url and e.full_url.startswith("urn:uuid:"):
-        return e.full_url[len("urn:uuid:") :]
+        rid = e.full_url[len("urn:uuid:") :]
+        if not is_fhir_id(rid):
+            raise BadRequest(
+                f"the fullUrl's urn:uuid value would be the resource id, but is not a valid FHIR id ({_ID_RULE})",
+                location=f"{_where(e.index)}.fullUrl",
+            )
+        return rid
     return service.new_id()
 
 
@@ -337,7 +428,7 @@ def _execute(
     observer: Observer | None = None,
 ) -> dict[str, Any]:
     if e.method == "DELETE":
-        rtype, rid, query = _split_url(e.url)
+        rtype, rid, query = e.request.rtype, e.request.rid, e.request.query
         if rid is None:
             # The decoded parameters as they are: re-joining them into a query string and parsing
             # it again decoded twice ("a+b" became "a b", a value with "&" split in two).
@@ -347,7 +438,10 @@ def _execute(
         version = service.delete(vault=vault, rtype=rtype, rid=rid)
         return _response("204 No Content", version=version)
     if e.method in ("GET", "HEAD"):
-        rtype, rid, query = _split_url(e.url)
+        rtype, rid, query = e.request.rtype, e.request.rid, e.request.query
+        if rid is not None and e.request.version is not None:
+            doc = service.vread(vault=vault, rtype=rtype, rid=rid, version=e.request.version)
+            return _response("200 OK", resource=doc, version=e.request.version)
         if rid is not None:
             doc = service.read(vault=vault, rtype=rtype, rid=rid)
             return _response("200 OK", resource=doc, version=int(doc["meta"]["versionId"]))
@@ -410,7 +504,8 @@ def process(
         vault.prefetch_heads(e.target for e in entries if e.target is not None)
         results: dict[int, dict[str, Any]] = {}
         for e in sorted(entries, key=lambda x: (ORDER[x.method], x.index)):
-            results[e.index] = _execute(vault, e, mapping, base=base, stable_ids=stable_ids, observer=observer)
+            with _naming_entry(e.index):
+                results[e.index] = _execute(vault, e, mapping, base=base, stable_ids=stable_ids, observer=observer)
         return {
             "resourceType": "Bundle",
             "type": "transaction-response",
@@ -428,10 +523,11 @@ def _batch(vault: Vault, bundle: dict[str, Any], *, base: str) -> dict[str, Any]
                 e = entries[0]
                 e.index = i
                 mapping = _assign(vault, entries, stable_ids=False)
-                out.append(_execute(vault, e, mapping, base=base, stable_ids=False))
+                with _naming_entry(i):
+                    out.append(_execute(vault, e, mapping, base=base, stable_ids=False))
         except MedvaultError as exc:
             status = _status_for(exc)
-            issues = exc.issues if isinstance(exc, InvalidResource) else [Issue(exc.code, exc.message)]
+            issues = exc.issues if isinstance(exc, InvalidResource) else [Issue(exc.code, exc.message, exc.location)]
             out.append(
                 _response(
                     status,

@@ -20,7 +20,8 @@ from medvault.crypto.indexes import normalise
 from medvault.fhir import identity as fhir_identity
 from medvault.fhir import search as fs
 from medvault.fhir.errors import UnsupportedSearch
-from medvault.fhir.types import is_resource_type
+from medvault.fhir.types import is_fhir_id, is_resource_type
+from medvault.records.errors import BadRequest
 from medvault.records.vault import GLOBAL_SCOPE, Vault, load_current, open_identity_row
 from medvault.store.models import IdentityIndex, IdentityVersion, Resource, SearchToken
 
@@ -66,15 +67,43 @@ def _int(name: str, raw: str, lo: int, hi: int) -> int:
     return value
 
 
-def _patient_ids(raw: str) -> list[str]:
+_BAD_ID = "is not a valid FHIR id (1-64 characters of A-Z, a-z, 0-9, '-' and '.')"
+
+
+def _ids(name: str, raw: str) -> set[str]:
+    """`_id` values. Checked before they reach a query (PostgreSQL refuses NUL in text: a 500),
+    and never echoed (a client may use an MRN as an id)."""
+    out = {v for v in raw.split(",") if v}
+    if not all(is_fhir_id(v) for v in out):
+        raise BadRequest(f"{name} search value {_BAD_ID}", location=name)
+    return out
+
+
+def _patient_ids(name: str, raw: str) -> list[str]:
     out = []
     for value in raw.split(","):
         parts = value.split("/")
         if len(parts) >= 2 and parts[-2] != "Patient":
             raise UnsupportedSearch("patient/subject search supports Patient references only")
-        if parts[-1]:
+        if len(parts) >= 2 or parts[-1]:  # "Patient/" names no patient; an empty item is skipped
+            if not is_fhir_id(parts[-1]):
+                raise BadRequest(f"{name} search value: the id {_BAD_ID}", location=name)
             out.append(parts[-1])
     return out
+
+
+def _reference(name: str, value: str) -> str:
+    """A reference search value as the index stores it: `ref:Type/id`."""
+    # R4 allows a bare id when the parameter has a single target type.
+    ref = f"{_REFERENCE_TARGET[name]}/{value}" if "/" not in value and name in _REFERENCE_TARGET else value
+    if "/" not in ref:
+        raise UnsupportedSearch(f"{name} needs a typed reference (Type/id)")
+    rtype, rid = ref.split("/")[-2:]
+    if not is_resource_type(rtype):
+        raise BadRequest(f"{name} search value: the reference names an unknown resource type", location=name)
+    if not is_fhir_id(rid):
+        raise BadRequest(f"{name} search value: the id {_BAD_ID}", location=name)
+    return f"ref:{rtype}/{rid}"
 
 
 def plan(vault: Vault, rtype: str, params: Sequence[tuple[str, str]], *, strict: bool = True) -> _Plan:
@@ -102,12 +131,12 @@ def plan(vault: Vault, rtype: str, params: Sequence[tuple[str, str]], *, strict:
             else:
                 raise UnsupportedSearch("_sort supports date parameters and _lastUpdated")
         elif name == "_id":
-            ids = {v for v in raw_value.split(",") if v}
+            ids = _ids(name, raw_value)
             p.ids = ids if p.ids is None else p.ids & ids
         elif name == "_lastUpdated":
             p.updated.append(fs.parse_date_query(raw_value))
         elif name in ("patient", "subject") and name in known:
-            links = {vault.crypto.indexer.pseudonym(pid) for pid in _patient_ids(raw_value)}
+            links = {vault.crypto.indexer.pseudonym(pid) for pid in _patient_ids(name, raw_value)}
             p.links = links if p.links is None else p.links & links
         elif rtype == "Patient" and name in fs.IDENTITY_PARAMS:
             if name == "birthdate":
@@ -130,14 +159,7 @@ def plan(vault: Vault, rtype: str, params: Sequence[tuple[str, str]], *, strict:
                 else:
                     p.token_groups.append((name, values))
             elif param.kind == "reference":
-                refs = []
-                for v in raw_value.split(","):
-                    # R4 allows a bare id when the parameter has a single target type.
-                    ref = f"{_REFERENCE_TARGET[name]}/{v}" if "/" not in v and name in _REFERENCE_TARGET else v
-                    if "/" not in ref:
-                        raise UnsupportedSearch(f"{name} needs a typed reference (Type/id)")
-                    refs.append("ref:" + "/".join(ref.split("/")[-2:]))
-                p.token_groups.append((name, refs))
+                p.token_groups.append((name, [_reference(name, v) for v in raw_value.split(",")]))
             else:  # string
                 p.token_groups.append((name, [f"str:{normalise(v)}" for v in raw_value.split(",")]))
         else:

@@ -5,7 +5,6 @@ Callers own the transaction (unit of work); these functions add and flush only.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from sqlalchemy import func, select
 from medvault.fhir import parse as fhir_parse
 from medvault.fhir import search as fs
 from medvault.fhir.errors import InvalidResource, Issue
-from medvault.fhir.types import is_resource_type
+from medvault.fhir.types import MAX_VERSION, is_fhir_id, is_resource_type, is_version_id
 from medvault.records import search as record_search
 from medvault.records.errors import BadRequest, Gone, NotFound, VersionConflict
 from medvault.records.vault import Vault, get_head, load_current, open_version, read_version, store_version
@@ -58,15 +57,28 @@ class HistoryEntry:
     resource: dict[str, Any] | None
 
 
-# FHIR R4 id datatype. Checked wherever a client chooses the id (PUT, transaction entries): the
-# body's id is validated by the model, but a transaction's `request.url` id is not, and an id over
-# 64 characters would overflow the column on PostgreSQL (a 500 instead of a 400).
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+# Ids are checked here, before any query, wherever they come from (URL, transaction entry, search):
+# the body's id is validated by the model, but a URL's is not, and the database would otherwise see
+# it: PostgreSQL refuses NUL in text and an id over 64 characters overflows the column (a 500
+# instead of a 4xx). Messages never echo the id (a client may use an MRN as one).
+_ID_RULE = "1-64 characters of A-Z, a-z, 0-9, '-' and '.'"
 
 
 def _check_type(rtype: str) -> None:
     if not is_resource_type(rtype):
         raise NotFound("unknown resource type")  # never echo the input
+
+
+def _check_existing_id(rtype: str, rid: str) -> None:
+    """For reads, history and deletes: a resource with an impossible id cannot exist (404)."""
+    if not is_fhir_id(rid):
+        raise NotFound(f"no resource has this id: it is not a valid FHIR id ({_ID_RULE})", location=f"{rtype}.id")
+
+
+def _check_new_id(rtype: str, rid: str) -> None:
+    """For writes with a client-chosen id: the id is invalid input (400)."""
+    if not is_fhir_id(rid):
+        raise BadRequest(f"the id in the URL is not a valid FHIR id ({_ID_RULE})", location=f"{rtype}.id")
 
 
 def new_id() -> str:
@@ -87,6 +99,8 @@ def create(
     actual = resource["resourceType"]
     if rtype is not None and actual != rtype:
         raise InvalidResource([Issue("invalid", "resourceType does not match the URL", "resourceType")])
+    if rid is not None:
+        _check_new_id(actual, rid)
     rid = rid or new_id()
     head = get_head(vault, actual, rid, for_update=True)
     doc = dict(resource)
@@ -108,8 +122,7 @@ def update(
     """Update (or create with a client id). `if_match` enforces optimistic locking.
     `index_hint` passes search index entries computed elsewhere (import workers)."""
     _check_type(rtype)
-    if not _ID.fullmatch(rid):
-        raise BadRequest("the id in the URL is not a valid FHIR id ([A-Za-z0-9-.], 1-64 characters)")
+    _check_new_id(rtype, rid)
     if not validated:
         fhir_parse.validate(resource)
     if resource.get("resourceType") != rtype:
@@ -147,17 +160,23 @@ def _same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def read(*, vault: Vault, rtype: str, rid: str) -> dict[str, Any]:
     _check_type(rtype)
+    _check_existing_id(rtype, rid)
     return read_version(vault, rtype, rid)
 
 
 def vread(*, vault: Vault, rtype: str, rid: str, version: int) -> dict[str, Any]:
     _check_type(rtype)
+    _check_existing_id(rtype, rid)
+    if not is_version_id(version):
+        # Versions are 1, 2, ... stored as 32-bit integers: a larger one would overflow the query.
+        raise NotFound(f"version ids are whole numbers from 1 to {MAX_VERSION}", location=f"{rtype}.meta.versionId")
     return read_version(vault, rtype, rid, version)
 
 
 def delete(*, vault: Vault, rtype: str, rid: str) -> int | None:
     """Delete (a new version marking the deletion). Returns the deletion's version, None if absent."""
     _check_type(rtype)
+    _check_existing_id(rtype, rid)
     head = get_head(vault, rtype, rid, for_update=True)
     if head is None or head.deleted:
         return None
@@ -173,6 +192,7 @@ def history(
     vault.flush()
     conds = [ResourceVersion.rtype == rtype]
     if rid is not None:
+        _check_existing_id(rtype, rid)
         conds.append(ResourceVersion.rid == rid)
         if get_head(vault, rtype, rid) is None:
             raise NotFound(f"{rtype}/{rid} is not known")
@@ -211,6 +231,7 @@ def search(
 
 def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
     """The patient's compartment plus the practitioners/organizations/locations it references."""
+    _check_existing_id("Patient", patient_id)
     head = get_head(vault, "Patient", patient_id)
     if head is None:
         raise NotFound(f"Patient/{patient_id} is not known")
@@ -232,12 +253,17 @@ def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
     for doc in out:
         for ref in _references(doc):
             parts = ref.split("/")
-            if len(parts) == 2 and parts[0] in (
-                "Practitioner",
-                "Organization",
-                "Location",
-                "Medication",
-                "PractitionerRole",
+            if (
+                len(parts) == 2
+                and is_fhir_id(parts[1])
+                and parts[0]
+                in (
+                    "Practitioner",
+                    "Organization",
+                    "Location",
+                    "Medication",
+                    "PractitionerRole",
+                )
             ):
                 wanted.add((parts[0], parts[1]))
     extra = load_current(vault, sorted(wanted))
