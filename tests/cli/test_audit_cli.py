@@ -60,3 +60,48 @@ def test_verify_errors_are_one_line(vault_env: Any, tmp_path: Path) -> None:
     result = _invoke(vault_env, "audit", "verify", "--checkpoint", str(garbage))
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_user_commands(vault_env: Any) -> None:
+    from medvault.records import service
+    from tests.helpers import open_vault
+
+    with open_vault(vault_env) as v:
+        pid = service.create(vault=v, resource={"resourceType": "Patient", "gender": "female"}).rid
+    settings = vault_env.settings
+    extra = {"MEDVAULT_DATABASE_URL": settings.database_url} if settings.database_url else {}
+    env = {"MEDVAULT_ENVIRONMENT": "development", "COLUMNS": "200", **extra}
+    base = ["--data-dir", str(settings.data_dir)]
+
+    def run(*args: str, stdin: str | None = None) -> Any:
+        return runner.invoke(cli.app, [*args, *base], env=env, input=stdin)
+
+    made = run(
+        "user",
+        "create",
+        "--login",
+        "pat@example.org",
+        "--role",
+        "patient",
+        "--patient",
+        pid,
+        "--password-stdin",
+        stdin="a long and private passphrase\n",
+    )
+    assert made.exit_code == 0, made.output
+    weak = run(
+        "user", "create", "--login", "x2@example.org", "--role", "researcher", "--password-stdin", stdin="short\n"
+    )
+    assert weak.exit_code == 1
+    assert len(weak.output.strip().splitlines()) == 1
+    assert "short" not in weak.output.replace("too short", "")
+    listed = run("user", "list")
+    assert "pat@example.org" in listed.output
+    assert f"Patient/{pid}" in listed.output
+    assert run("user", "disable", "pat@example.org").exit_code == 0
+    assert "disabled" in run("user", "list").output
+    assert run("user", "enable", "pat@example.org").exit_code == 0
+    assert run("user", "reset-mfa", "pat@example.org").exit_code == 0
+    missing = run("user", "disable", "nobody@example.org")
+    assert missing.exit_code == 1
+    assert "no account" in missing.output

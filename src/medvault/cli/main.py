@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(no_args_is_help=True, help="Key management.")
 app.add_typer(keys_app, name="keys")
+user_app = typer.Typer(no_args_is_help=True, help="Accounts: patients, clinicians, researchers, officers, admins.")
+app.add_typer(user_app, name="user")
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident access log.")
 app.add_typer(audit_app, name="audit")
 console = Console()
@@ -238,6 +240,158 @@ def keys_rotate(
     for kid in report.retired:
         console.print(f"retired {kid} (moved to {settings.keys_path / 'retired'}; destroy it once no backup needs it)")
     logs.get("cli").info("keys rotate: %d data keys re-wrapped", report.rewrapped)
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+@user_app.command("create")
+@friendly
+def user_create(
+    login: Annotated[str, typer.Option("--login", help="Login name (e.g. an e-mail address).")],
+    role: Annotated[str, typer.Option("--role", help="patient, clinician, researcher, privacy-officer or admin.")],
+    patient: Annotated[str | None, typer.Option("--patient", help="Patient id (patient accounts).")] = None,
+    practitioner: Annotated[
+        str | None, typer.Option("--practitioner", help="Practitioner id (clinician accounts).")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+) -> None:
+    """Create an account (the password is prompted for, never taken as an argument)."""
+    from datetime import UTC, datetime
+
+    from medvault.auth import accounts
+    from medvault.auth.passwords import Hasher
+    from medvault.db import unit_of_work
+
+    settings = settings_for(data_dir, database_url, key_dir)
+    logs.setup(settings.log_path)
+    password = _read_password(password_stdin)
+    engine, factory, crypto = _open(settings)
+    try:
+        with unit_of_work(factory) as session:
+            account_id = accounts.create_account(
+                session=session,
+                crypto=crypto,
+                hasher=Hasher(),
+                login=login,
+                password=password,
+                role=role,
+                now=datetime.now(UTC),
+                patient_id=patient,
+                practitioner_id=practitioner,
+            )
+    finally:
+        engine.dispose()
+    console.print(f"created {role} account {account_id}", highlight=False)
+    if role in accounts.MFA_REQUIRED:
+        console.print("an authenticator app (TOTP) must be set up at first sign-in")
+    logs.get("cli").info("user create: %s account %s", role, account_id)
+
+
+@user_app.command("list")
+@friendly
+def user_list(data_dir: DataDir = None, database_url: DbUrl = None, key_dir: KeyDir = None) -> None:
+    """List accounts with their role and state."""
+    from medvault.auth import accounts
+
+    settings = settings_for(data_dir, database_url, key_dir)
+    engine, factory, crypto = _open(settings)
+    try:
+        with factory() as session:
+            rows = accounts.list_accounts(session=session, crypto=crypto)
+    finally:
+        engine.dispose()
+    table = Table(title="accounts")
+    for col in ("login", "role", "state", "second factor", "linked to"):
+        table.add_column(col, overflow="fold")  # ids are copied from here: never cut them short
+    for a in rows:
+        state = "disabled" if a.disabled else "locked" if a.locked else "active"
+        link = (
+            f"Patient/{a.patient_id}"
+            if a.patient_id
+            else f"Practitioner/{a.practitioner_id}"
+            if a.practitioner_id
+            else ""
+        )
+        table.add_row(escape(a.login), a.role, state, "TOTP" if a.mfa_enrolled else "-", link)
+    console.print(table)
+
+
+def _account_change(login: str, settings: Settings, change: Callable[..., str]) -> str:
+    from medvault.db import unit_of_work
+
+    logs.setup(settings.log_path)
+    engine, factory, crypto = _open(settings)
+    try:
+        with unit_of_work(factory) as session:
+            return change(session=session, crypto=crypto, login=login)
+    finally:
+        engine.dispose()
+
+
+@user_app.command("disable")
+@friendly
+def user_disable(
+    login: Annotated[str, typer.Argument(help="Login name.")],
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+) -> None:
+    """Disable an account; its sessions end at once."""
+    from functools import partial
+
+    from medvault.auth import accounts
+
+    account_id = _account_change(
+        login, settings_for(data_dir, database_url, key_dir), partial(accounts.set_disabled, disabled=True)
+    )
+    console.print(f"disabled account {account_id}")
+    logs.get("cli").info("user disable: account %s", account_id)
+
+
+@user_app.command("enable")
+@friendly
+def user_enable(
+    login: Annotated[str, typer.Argument(help="Login name.")],
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+) -> None:
+    """Re-enable an account, also lifting a lock after 100 failed sign-ins."""
+    from functools import partial
+
+    from medvault.auth import accounts
+
+    account_id = _account_change(
+        login, settings_for(data_dir, database_url, key_dir), partial(accounts.set_disabled, disabled=False)
+    )
+    console.print(f"enabled account {account_id}")
+    logs.get("cli").info("user enable: account %s", account_id)
+
+
+@user_app.command("reset-mfa")
+@friendly
+def user_reset_mfa(
+    login: Annotated[str, typer.Argument(help="Login name.")],
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+) -> None:
+    """Forget the account's authenticator and recovery codes; it enrols again at next sign-in."""
+    from medvault.auth import accounts
+
+    account_id = _account_change(login, settings_for(data_dir, database_url, key_dir), accounts.reset_mfa)
+    console.print(f"second factor reset for account {account_id}; its sessions have ended")
+    logs.get("cli").info("user reset-mfa: account %s", account_id)
 
 
 @audit_app.command("checkpoint")

@@ -170,3 +170,50 @@ class AuditEntry(Base):
 
     def __repr__(self) -> str:
         return f"AuditEntry(seq={self.seq})"
+
+
+class Account(Base):
+    """A person who signs in. The login name, the linked Patient/Practitioner ids, the password hash
+    and the TOTP secret are sealed (identity KEK); only keyed values and flags are in the clear."""
+
+    __tablename__ = "account"
+    __table_args__ = (UniqueConstraint("id"), UniqueConstraint("login_index"), Index(None, "patient_link"))
+    id: Mapped[str] = mapped_column(String(32))
+    login_index: Mapped[bytes] = mapped_column(LargeBinary(32))
+    role: Mapped[str] = mapped_column(String(16))
+    # The pseudonym of the linked Patient: the access check compares it with a record's own link.
+    patient_link: Mapped[bytes | None] = mapped_column(LargeBinary(16), nullable=True)
+    profile: Mapped[bytes] = mapped_column(LargeBinary)  # sealed JSON: login, patient, practitioner
+    secret: Mapped[bytes] = mapped_column(LargeBinary)  # sealed JSON: password hash, TOTP secret
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Bumped on password change, logout-everywhere or MFA reset: sessions of an older epoch end.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"Account({self.id}, {self.role})"
+
+
+class RecoveryCode(Base):
+    """A one-time recovery code as a keyed digest; deleted when used."""
+
+    __tablename__ = "recovery_code"
+    __table_args__ = (UniqueConstraint("account_id", "digest"),)
+    account_id: Mapped[str] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    __mapper_args__ = {"primary_key": [account_id, digest]}  # noqa: RUF012
+
+
+class LoginThrottle(Base):
+    """Failure counts per login name and per client address, both as keyed digests: a name that has
+    no account is throttled exactly like one that has (same answers, same timing)."""
+
+    __tablename__ = "login_throttle"
+    __table_args__ = (UniqueConstraint("key"),)
+    key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure: Mapped[datetime | None] = mapped_column(UtcMicros, nullable=True)
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    __mapper_args__ = {"primary_key": [key]}  # noqa: RUF012
