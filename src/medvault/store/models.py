@@ -217,3 +217,18 @@ class LoginThrottle(Base):
     last_failure: Mapped[datetime | None] = mapped_column(UtcMicros, nullable=True)
     locked: Mapped[bool] = mapped_column(Boolean, default=False)
     __mapper_args__ = {"primary_key": [key]}  # noqa: RUF012
+
+
+class WebSession(Base):
+    """A signed-in browser. Only the SHA-256 of the cookie value is stored: a copied table cannot
+    be replayed as cookies. `stage` is "full", or a step of sign-in still to finish."""
+
+    __tablename__ = "web_session"
+    __table_args__ = (UniqueConstraint("token_hash"), Index(None, "account_id"))
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    account_id: Mapped[str] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(16))
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    last_seen: Mapped[datetime] = mapped_column(UtcMicros)
+    __mapper_args__ = {"primary_key": [token_hash]}  # noqa: RUF012

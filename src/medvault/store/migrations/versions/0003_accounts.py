@@ -1,4 +1,4 @@
-"""accounts, recovery codes, login throttling
+"""accounts, recovery codes, login throttling, web sessions
 
 Revision ID: 0003
 Revises: 0002
@@ -50,9 +50,24 @@ def upgrade() -> None:
         sa.Column("locked", sa.Boolean(), nullable=False),
         sa.UniqueConstraint("key", name="uq_login_throttle_key"),
     )
+    op.create_table(
+        "web_session",
+        sa.Column("token_hash", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("account_id", sa.String(length=32), nullable=False),
+        sa.Column("epoch", sa.Integer(), nullable=False),
+        sa.Column("stage", sa.String(length=16), nullable=False),
+        sa.Column("created", sa.BigInteger(), nullable=False),
+        sa.Column("last_seen", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["account.id"], name="fk_web_session_account_id_account", ondelete="CASCADE"
+        ),
+        sa.UniqueConstraint("token_hash", name="uq_web_session_token_hash"),
+    )
+    op.create_index("ix_web_session_account_id", "web_session", ["account_id"])
 
 
 def downgrade() -> None:
+    op.drop_table("web_session")
     op.drop_table("login_throttle")
     op.drop_table("recovery_code")
     op.drop_table("account")
