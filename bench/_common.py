@@ -245,3 +245,8 @@ def open_vault_store(settings: Any) -> tuple[Any, Any, Any]:
     with factory() as session:
         crypto = build_crypto(settings, session)
     return engine, factory, crypto
+
+
+def describe_rejection(r: Any) -> str:
+    """An import rejection by file position, never by name (Synthea file names are patients' names)."""
+    return r.label + (f" at {r.location}" if r.location else "") + f": {r.reason}"

@@ -63,6 +63,7 @@ import orjson
 from _common import (
     DEFAULT_SOURCE,
     banner,
+    describe_rejection,
     mib,
     open_vault_store,
     percentile,
@@ -290,7 +291,7 @@ def import_step(
         step.stored += report.stored
         step.rejected += len(report.rejected)
         if report.rejected:
-            print(f"   !! {len(report.rejected)} rejected, first: {report.rejected[0]}", flush=True)
+            print(f"   !! {len(report.rejected)} rejected, first: {describe_rejection(report.rejected[0])}", flush=True)
         done += len(chunk)
         step.patients_added = done
         print(

@@ -100,7 +100,9 @@ def test_impossible_ids_in_the_path(api: Any, world: dict[str, str], rid: str) -
     rejected(api.put(f"/fhir/Patient/{seg}", json=body, headers=JSON_HEADERS), 400)
 
 
-@pytest.mark.parametrize("vid", ["0", "00", "-1", "2147483648", "99999999999", "9" * 5000, "1.0", "1e3", "\uff11", "\u0663", "%00"])
+@pytest.mark.parametrize(
+    "vid", ["0", "00", "-1", "2147483648", "99999999999", "9" * 5000, "1.0", "1e3", "\uff11", "\u0663", "%00"]
+)
 def test_impossible_version_ids(api: Any, world: dict[str, str], vid: str) -> None:
     rejected(api.get(f"/fhir/Patient/{world['patient']}/_history/{vid}"), (400, 404))
 

@@ -57,3 +57,48 @@ def test_index_values_use_the_safe_alphabet() -> None:
     for value in (ix.pseudonym("p"), ix.identity_handle("p"), ix.search_token(b"s", "T", "p", "v")):
         assert all(0xA0 <= b <= 0xDF for b in value)
     assert ix.content_id(b"{}").isalpha()
+
+
+def _reference_mac(key: bytes, *parts: str | bytes) -> bytes:
+    """The documented construction, spelled out with the standard library's one-shot HMAC."""
+    import hashlib
+    import hmac
+
+    msg = b""
+    for part in parts:
+        raw = part.encode() if isinstance(part, str) else part
+        msg += len(raw).to_bytes(4, "big") + raw
+    return hmac.digest(key, msg, hashlib.sha256)
+
+
+def test_values_match_the_reference_hmac() -> None:
+    """The precomputed-pad HMAC gives exactly the values stored by earlier versions (existing
+    databases stay searchable), for short, block-sized and over-long keys."""
+    from medvault.crypto.armor import safe_bytes
+
+    for k in (os.urandom(32), os.urandom(64), os.urandom(100), b""):
+        keys = {"p": k + b"p", "h": k + b"h", "t": k + b"t", "b": k + b"b", "c": k + b"c"}
+        ix = Indexer(
+            pseudonym_key=keys["p"],
+            handle_key=keys["h"],
+            token_key=keys["t"],
+            blind_key=keys["b"],
+            blind_bits=12,
+            content_key=keys["c"],
+        )
+        assert ix.pseudonym("p-1") == safe_bytes(_reference_mac(keys["p"], "patient", "p-1")[:16])
+        assert ix.identity_handle("p-1") == safe_bytes(_reference_mac(keys["h"], "identity", "p-1")[:16])
+        for scope, value in ((b"\xa1" * 16, "sc:http://loinc.org|8302-2"), (b"global", "é" * 40)):
+            want = safe_bytes(_reference_mac(keys["t"], scope, "Observation", "code", value)[:12])
+            assert ix.search_token(scope, "Observation", "code", value) == want
+            assert ix.search_token(scope, "Observation", "code", value) == want  # cached prefix
+        digest = _reference_mac(keys["b"], "family", "munoz")
+        assert ix.blind_bucket("family", "Muñoz") == int.from_bytes(digest[:4], "big") >> (32 - 12)
+        content = _reference_mac(keys["c"], "content", b"{}")[:20]
+        assert ix.content_id(b"{}") == content.translate(bytes(ord("a") + b % 26 for b in range(256))).decode()
+    # Without a content key of its own, the content key is derived from the token key.
+    token_key = os.urandom(32)
+    ix = Indexer(pseudonym_key=b"p", handle_key=b"h", token_key=token_key, blind_key=b"b", blind_bits=8)
+    derived = _reference_mac(token_key, "content-id")
+    content = _reference_mac(derived, "content", b"x")[:20]
+    assert ix.content_id(b"x") == content.translate(bytes(ord("a") + b % 26 for b in range(256))).decode()

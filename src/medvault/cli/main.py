@@ -159,10 +159,14 @@ def print_report(report: Any) -> None:
     )
     console.print(table)
     if report.rejected:
-        console.print(f"[yellow]{len(report.rejected)} rejected:[/yellow]")
+        # Positions, not file names: Synthea-style exports name files after their patients.
+        console.print(
+            f"[yellow]{len(report.rejected)} rejected[/yellow] "
+            "(files numbered in import order: arguments in order, folders sorted by path):"
+        )
         for r in report.rejected:
             where = f" at {r.location}" if r.location else ""
-            console.print(f"  {r.source}{where}: {r.reason}", highlight=False, markup=False)
+            console.print(f"  {r.label}{where}: {r.reason}", highlight=False, markup=False)
     else:
         console.print("0 rejected")
 
@@ -500,7 +504,7 @@ def demo(
         console.print("../shared not found: generating 100 synthetic patients")
         report = run_import(settings, [], synthetic=100)
     else:
-        console.print(f"importing {src}", highlight=False)
+        console.print(f"importing {src if src.is_dir() else 'one file'}", highlight=False)
         report = run_import(settings, [src])
     print_report(report)
     token = settings.token_path.read_text().strip()

@@ -7,13 +7,13 @@ and a separate key-encryption key; the clinical rows carry only the patient's ke
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import Dialect, delete, event, select, update
 from sqlalchemy.orm import Session
 
 from medvault.crypto.errors import DecryptionFailed
@@ -46,6 +46,25 @@ _RAW: dict[type, tuple[str, tuple[str, ...]]] = {
 }
 
 
+_PLANS: dict[tuple[type, str, str, tuple[str, ...]], tuple[str, tuple[Callable[[Any], Any] | None, ...]]] = {}
+
+
+def _insert_plan(
+    table: type, dialect: Dialect, cols: tuple[str, ...], mark: str
+) -> tuple[str, tuple[Callable[[Any], Any] | None, ...]]:
+    """An INSERT for `cols` of `table` in the driver's own syntax, and each column's bind converter."""
+    key = (table, dialect.name, mark, cols)
+    plan = _PLANS.get(key)
+    if plan is None:
+        t = table.__table__  # type: ignore[attr-defined]
+        quote = dialect.identifier_preparer.quote
+        names, marks = ", ".join(quote(c) for c in cols), ", ".join([mark] * len(cols))
+        sql = f"INSERT INTO {quote(t.name)} ({names}) VALUES ({marks})"  # noqa: S608 - names from the model only
+        procs = tuple(t.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in cols)
+        plan = _PLANS[key] = (sql, procs)
+    return plan
+
+
 @dataclass
 class Vault:
     """One unit of work on the vault: a session plus the process's crypto context.
@@ -56,7 +75,8 @@ class Vault:
 
     session: Session
     crypto: CryptoContext
-    _pending: dict[type, list[dict[str, Any]]] = field(default_factory=dict)
+    # Rows waiting for `flush`: dicts, or for the index tables (_RAW) tuples in column order.
+    _pending: dict[type, list[Any]] = field(default_factory=dict)
     # Heads read or written in this unit of work (None: known not to exist). Authoritative because
     # a unit of work is one transaction and heads are read FOR UPDATE on PostgreSQL.
     _heads: dict[tuple[str, str], Head | None] = field(default_factory=dict)
@@ -66,7 +86,18 @@ class Vault:
         event.listen(self.session, "before_commit", lambda _s: self.flush())
 
     def add(self, table: type, row: dict[str, Any]) -> None:
-        self._pending.setdefault(table, []).append(row)
+        raw = _RAW.get(table)
+        self._pending.setdefault(table, []).append(tuple(row[c] for c in raw[1]) if raw else row)
+
+    def add_index_rows(self, table: type, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Rows of an index table (SearchToken, IdentityIndex) as tuples in _RAW column order."""
+        assert table in _RAW
+        self._pending.setdefault(table, []).extend(rows)
+
+    def discard(self) -> None:
+        """Forget buffered rows (their savepoint or transaction was rolled back)."""
+        self._pending.clear()
+        self._heads.clear()
 
     def flush(self) -> None:
         if not self._pending:
@@ -76,14 +107,23 @@ class Vault:
             rows = self._pending.get(table)
             if not rows:
                 continue
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
             if table in _RAW:
                 # Index rows are (bytes, str|int) only: hand them to the driver's executemany
                 # directly, skipping per-row parameter processing (the import hot path).
-                sql, cols = _RAW[table]
-                mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-                conn.exec_driver_sql(sql.format(m=mark), [tuple(r[c] for c in cols) for r in rows])
-            else:
+                sql, _ = _RAW[table]
+                conn.exec_driver_sql(sql.format(m=mark), rows)
+                continue
+            cols = tuple(rows[0])
+            if any(len(r) != len(cols) for r in rows) or any(tuple(r) != cols for r in rows):
                 conn.execute(table.__table__.insert(), rows)  # type: ignore[attr-defined]
+                continue
+            # Same columns in every row (store_version's rows): one prepared INSERT, bound values
+            # converted by the columns' own types (type codes, microseconds), one executemany.
+            sql, procs = _insert_plan(table, conn.dialect, cols, mark)
+            conn.exec_driver_sql(
+                sql, [tuple(v if f is None else f(v) for f, v in zip(procs, r.values(), strict=True)) for r in rows]
+            )
         self._pending.clear()
 
     def prefetch_heads(self, keys: Iterable[tuple[str, str]]) -> None:
@@ -274,13 +314,12 @@ def reindex(
         session.execute(delete(IdentityIndex).where(IdentityIndex.handle == indexer.identity_handle(rid)))
     if doc is None:
         return
-    for t in tokens_for(vault, rtype, doc, link, index_hint):
-        vault.add(SearchToken, {"token": t, "rid": rid})
+    vault.add_index_rows(SearchToken, [(t, rid) for t in tokens_for(vault, rtype, doc, link, index_hint)])
     if rtype == "Patient":
         _, ident = fhir_identity.split_patient(doc)
         handle = indexer.identity_handle(rid)
-        for b in {indexer.blind_bucket(p, v) for p, v in fhir_identity.index_values(ident)}:
-            vault.add(IdentityIndex, {"bucket": b, "handle": handle})
+        buckets = {indexer.blind_bucket(p, v) for p, v in fhir_identity.index_values(ident)}
+        vault.add_index_rows(IdentityIndex, [(b, handle) for b in buckets])
 
 
 def index_entries(rtype: str, doc: dict[str, Any]) -> Iterable[tuple[str, str]]:

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import event, select
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -52,48 +52,43 @@ class CryptoContext:
         fresh = self._pending(session).get((purpose, owner))
         if fresh:
             return fresh  # made earlier in this (uncommitted) transaction
-        row = session.execute(
-            select(DataKey).where(DataKey.purpose == purpose, DataKey.owner == owner)
-        ).scalar_one_or_none()
-        if row is None:
+        # Core statements, not ORM objects: a patient's first resources make two keys, and the ORM
+        # unit of work was most of that cost during import.
+        found = session.execute(
+            select(DataKey.id, DataKey.kek_id, DataKey.wrapped).where(
+                DataKey.purpose == purpose, DataKey.owner == owner
+            )
+        ).first()
+        if found is None:
             raw = new_data_key()
             kid, wrapped = self.keyring.wrap(purpose=purpose, owner=owner, data_key=raw)
-            row = DataKey(
-                id=secrets.randbits(62) or 1,
-                purpose=purpose,
-                owner=owner,
-                kek_id=kid,
-                wrapped=wrapped,
-            )
+            dk_id = secrets.randbits(62) or 1
             try:
                 with session.begin_nested():
-                    session.add(row)
-                    session.flush()
+                    session.execute(
+                        insert(DataKey).values(id=dk_id, purpose=purpose, owner=owner, kek_id=kid, wrapped=wrapped)
+                    )
                     active = self.keyring.active_kid(purpose)
                     if active != kid:
                         # A rotation switched KEKs while we wrapped: use the new one, so the rotation
                         # never has to keep (or retire too early) a KEK for a key made meanwhile.
-                        row.kek_id, row.wrapped = self.keyring.wrap(
-                            purpose=purpose, owner=owner, data_key=raw, kid=active
-                        )
-                        session.flush()
+                        kid, wrapped = self.keyring.wrap(purpose=purpose, owner=owner, data_key=raw, kid=active)
+                        session.execute(update(DataKey).where(DataKey.id == dk_id).values(kek_id=kid, wrapped=wrapped))
             except IntegrityError:  # another writer made it first: use theirs
-                row = session.execute(
-                    select(DataKey).where(DataKey.purpose == purpose, DataKey.owner == owner)
-                ).scalar_one()
-                raw = self.keyring.unwrap(purpose=purpose, owner=owner, kid=row.kek_id, wrapped=row.wrapped)
+                dk_id, kid, wrapped = session.execute(
+                    select(DataKey.id, DataKey.kek_id, DataKey.wrapped).where(
+                        DataKey.purpose == purpose, DataKey.owner == owner
+                    )
+                ).one()
+                raw = self.keyring.unwrap(purpose=purpose, owner=owner, kid=kid, wrapped=wrapped)
         else:
-            raw = self.keyring.unwrap(
-                purpose=row.purpose,  # type: ignore[arg-type]
-                owner=row.owner,
-                kid=row.kek_id,
-                wrapped=row.wrapped,
-            )
+            dk_id, kid, wrapped = found
+            raw = self.keyring.unwrap(purpose=purpose, owner=owner, kid=kid, wrapped=wrapped)
         key = AESGCM(raw)
         # Cached only once the transaction commits: a key row that is rolled back (a failed
         # transaction or batch entry) must never be used again.
-        self._pending(session)[(purpose, owner)] = (row.id, key)
-        return row.id, key
+        self._pending(session)[(purpose, owner)] = (dk_id, key)
+        return dk_id, key
 
     def _pending(self, session: Session) -> dict[tuple[str, bytes], tuple[int, AESGCM]]:
         pending: dict[tuple[str, bytes], tuple[int, AESGCM]] | None = session.info.get("medvault_new_keys")
