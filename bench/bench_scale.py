@@ -318,6 +318,7 @@ def measure(
 ) -> None:
     from medvault.db import unit_of_work
     from medvault.records import service
+    from medvault.records.guard import OPERATOR_CLI
     from medvault.records.vault import Vault
 
     rng = random.Random(args.seed + step.size)
@@ -338,7 +339,9 @@ def measure(
     def one(q: Query) -> tuple[float, bool]:
         t0 = time.perf_counter()
         with unit_of_work(factory) as session:
-            result = service.search(vault=Vault(session, crypto), rtype=q.rtype, params=list(q.params))
+            result = service.search(
+                vault=Vault(session, crypto, caller=OPERATOR_CLI), rtype=q.rtype, params=list(q.params)
+            )
         seconds = time.perf_counter() - t0
         bundle = {"total": result.total, "entry": [{"resource": r} for r in result.resources]}
         return seconds, check_bundle_result(bundle, q)

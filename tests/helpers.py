@@ -7,7 +7,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from medvault.db import unit_of_work
+from medvault.records.guard import Caller
 from medvault.records.vault import Vault
+
+# Storage tests act as the operator (allowed everything, still audited); tests/records/test_guard.py
+# covers what other actors may do.
+OPERATOR = Caller(actor=None, via="cli")
 
 FHIR = "application/fhir+json"
 
@@ -15,7 +20,7 @@ FHIR = "application/fhir+json"
 @contextmanager
 def open_vault(env: Any) -> Iterator[Vault]:
     with unit_of_work(env.factory) as session:
-        yield Vault(session, env.crypto)
+        yield Vault(session, env.crypto, caller=OPERATOR)
 
 
 def strip_server_fields(doc: dict[str, Any]) -> dict[str, Any]:

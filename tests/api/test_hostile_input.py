@@ -373,3 +373,30 @@ def test_fuzz_query_values(api: Any, rtype: str, name: str, text: str) -> None:
     urls = [url, f"{rtype}/{url}", f"{rtype}?{name}={value}", f"{rtype}?{value}=1"]
     doc = _bundle("batch", *({"request": {"method": "GET", "url": u}} for u in urls))
     _no_5xx(api.post("/fhir", json=doc, headers=JSON_HEADERS))
+
+
+NESTED_UNKNOWN = {
+    "contained": ("/fhir/Patient", {"resourceType": "Patient", "contained": [{"resourceType": "Foo", "id": "x"}]}),
+    "bundle entry": (
+        "/fhir/Bundle",
+        {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Foo"}}]},
+    ),
+    "parameters": (
+        "/fhir/Parameters",
+        {"resourceType": "Parameters", "parameter": [{"name": "p", "resource": {"resourceType": "Foo"}}]},
+    ),
+}
+
+
+@pytest.mark.parametrize(("path", "body"), NESTED_UNKNOWN.values(), ids=NESTED_UNKNOWN.keys())
+def test_nested_resource_of_unknown_type(api: Any, path: str, body: dict[str, Any]) -> None:
+    """fhir_core raised KeyError for these (a 500 before); in a batch it failed the whole request."""
+    rejected(api.post(path, json=body, headers=JSON_HEADERS), (400, 422))
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "POST", "url": path.removeprefix("/fhir/")}, "resource": body}],
+    }
+    response = api.post("/fhir", json=batch, headers=JSON_HEADERS)
+    assert response.status_code == 200, response.text
+    assert response.json()["entry"][0]["response"]["status"].startswith(("400", "422"))

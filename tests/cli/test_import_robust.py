@@ -182,3 +182,40 @@ def test_fatal_error_stops_the_workers(vault_env: Any, tmp_path: Path, monkeypat
     assert len(futures) < len(files)  # a bounded window of files in flight, not all at once
     # What was written before the fatal error was rolled back with its group: nothing half-done.
     assert stored_ids(vault_env, ["p0", "p1"]) == set()
+
+
+def test_an_unexpected_error_in_one_collection_entry_rejects_that_entry_only(
+    vault_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = service.update
+
+    def flaky(**kw: Any) -> Any:
+        if kw["rid"] == "g2":
+            raise KeyError("Sensitive Value")
+        return real(**kw)
+
+    monkeypatch.setattr(service, "update", flaky)
+    collection = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": patient(pid)} for pid in ("g1", "g2", "g3")],
+    }
+    report = Importer(vault_env.factory, vault_env.crypto, workers=0).run([write(tmp_path, "c.json", collection)])
+    assert [("KeyError" in r.reason, "Sensitive" in r.reason) for r in report.rejected] == [(True, False)]
+    assert "entry[1]" in report.rejected[0].label
+    assert stored_ids(vault_env, ["g1", "g2", "g3"]) == {"g1", "g3"}
+
+
+def test_a_missing_key_stops_the_import_with_one_error(vault_env: Any, tmp_path: Path) -> None:
+    from medvault.crypto.errors import CryptoError
+
+    with open_vault(vault_env) as vault:
+        service.create(vault=vault, resource=patient("k0"), rid="k0")
+    for kek in vault_env.settings.keys_path.glob("kek-*.key"):
+        kek.unlink()
+    vault_env.crypto.keyring._keks.clear()
+    vault_env.crypto._by_owner.clear()
+    vault_env.crypto._by_id.clear()
+    files = [write(tmp_path, f"{n}.json", transaction(patient(f"k{n}"))) for n in range(1, 4)]
+    with pytest.raises(CryptoError):
+        Importer(vault_env.factory, vault_env.crypto, workers=0).run(files)

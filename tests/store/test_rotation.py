@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from medvault.crypto.keys import KeyRing
 from medvault.db import make_engine, make_sessionmaker, unit_of_work
 from medvault.records import service
+from medvault.records.guard import OPERATOR_CLI
 from medvault.records.vault import Vault
 from medvault.store.crypto_context import build_crypto
 from medvault.store.models import DataKey
@@ -48,7 +49,7 @@ def _read_all_fresh(env: Any, keys: list[tuple[str, str]]) -> int:
         with factory() as s:
             crypto = build_crypto(env.settings, s)
         with unit_of_work(factory) as s:
-            v = Vault(s, crypto)
+            v = Vault(s, crypto, caller=OPERATOR_CLI)
             return sum(1 for t, r in keys if service.read(vault=v, rtype=t, rid=r)["id"] == r)
     finally:
         engine.dispose()
@@ -71,7 +72,7 @@ def test_rotation_under_concurrent_reads(vault_env: Any) -> None:
                 with factory() as s:
                     crypto = build_crypto(vault_env.settings, s)  # no cache: unwraps from the table
                 with unit_of_work(factory) as s:
-                    service.read(vault=Vault(s, crypto), rtype=rtype, rid=rid)
+                    service.read(vault=Vault(s, crypto, caller=OPERATOR_CLI), rtype=rtype, rid=rid)
                 reads[0] += 1
             except Exception as exc:  # noqa: BLE001 - the test counts every kind of failure
                 failures.append(f"{rtype}: {exc.__class__.__name__}: {exc}")

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from medvault.crypto.errors import CryptoError, DecryptionFailed, KeyMismatch, KeyMissing
 from medvault.records import service
@@ -235,3 +235,20 @@ def test_plaintext_benchmark_store_cannot_be_opened_as_a_vault(tmp_path: Any) ->
                 build_crypto(vault, session)
     finally:
         engine.dispose()
+
+
+def test_init_never_turns_an_existing_store_into_a_plaintext_one(vault_env: Any) -> None:
+    """A store from before the marker existed (no row) holds ciphertext: a benchmark-mode init
+    must record it as encrypted, not as a plaintext store."""
+    from medvault.db import unit_of_work
+    from medvault.store.models import Meta
+    from medvault.store.setup import initialise
+
+    with unit_of_work(vault_env.factory) as session:
+        session.execute(delete(Meta).where(Meta.key == "encryption"))
+    unsafe = vault_env.settings.model_copy(update={"unsafe_disable_encryption": True, "environment": "benchmark"})
+    initialise(unsafe)
+    with vault_env.factory() as session:
+        assert session.get(Meta, "encryption").value == "required"  # type: ignore[union-attr]
+        with pytest.raises(KeyMismatch, match="requires encryption"):
+            build_crypto(unsafe, session)

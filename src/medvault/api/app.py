@@ -30,8 +30,10 @@ from medvault.fhir import parse as fhir_parse
 from medvault.fhir.errors import InvalidResource, Issue, UnsupportedSearch
 from medvault.fhir.types import is_resource_type
 from medvault.records import bundles as record_bundles
+from medvault.records import guard
 from medvault.records import service as records
 from medvault.records.errors import BadRequest, Gone, NotFound, PreconditionFailed, VersionConflict
+from medvault.records.guard import Caller
 from medvault.records.vault import Vault, iso
 from medvault.store import migrate
 from medvault.store.crypto_context import CryptoContext, build_crypto
@@ -61,6 +63,8 @@ def outcome(status: int, issues: list[Issue], headers: dict[str, str] | None = N
 
 
 def status_for(exc: MedvaultError) -> int:
+    if isinstance(exc, guard.Forbidden):
+        return 403
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, Gone):
@@ -87,9 +91,15 @@ class AppState:
 
 def load_token(settings: Settings) -> bytes:
     try:
-        return settings.token_path.read_bytes().strip()
+        token = settings.token_path.read_bytes().strip()
     except FileNotFoundError:
         raise MedvaultError(f"no operator token at {settings.token_path}: run `medvault init` first") from None
+    if len(token) < 32:
+        # An empty file would let "Authorization: Bearer " through.
+        raise MedvaultError(
+            f"the operator token in {settings.token_path} is too short: delete it and run `medvault init`"
+        )
+    return token
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -141,9 +151,11 @@ class MedvaultApp(FastAPI):
     authenticates, adds the security headers, and writes the access log line."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await super().__call__(scope, receive, send)
             return
+        if scope["type"] != "http":
+            return  # no websocket (or other) endpoints: refuse by not answering at all
         state: AppState = self.state.medvault
         start = time.perf_counter()
         sent: dict[str, int] = {}
@@ -244,16 +256,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 def get_vault(request: Request) -> Iterator[Vault]:
     """Unit of work per request: commit when the handler returns, roll back on any error."""
     state: AppState = request.app.state.medvault
-    # Reads (GET, HEAD) do not take SQLite's write lock, so they never queue behind a writer.
-    session = (state.read_factory if request.method in ("GET", "HEAD") else state.factory)()
-    try:
-        yield Vault(session=session, crypto=state.crypto)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+    # Every request writes its access-log entry, reads included, so every unit of work is a
+    # writer (SQLite: BEGIN IMMEDIATE; a deferred reader could not upgrade to write later).
+    caller = Caller(actor=None, via="api", address=request.client.host if request.client else None)
+    with guard.unit_of_work(state.factory, state.crypto, caller) as vault:
+        yield vault
 
 
 VaultDep = Annotated[Vault, Depends(get_vault)]

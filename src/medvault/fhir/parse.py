@@ -153,6 +153,10 @@ def validate(doc: dict[str, Any], *, where: str = "") -> str:
             issues.append(Issue("structure", _safe_message(err), _loc(base, tuple(err["loc"]))))
     except (ValueError, TypeError) as exc:  # fhir_core raises plain ValueErrors for some shapes
         issues.append(Issue("structure", f"invalid resource ({exc.__class__.__name__})", base))
+    except LookupError:
+        # fhir_core looks nested resources (contained, Bundle.entry, Parameters) up by their
+        # resourceType and raises KeyError for one it does not know: invalid input, not a 500.
+        issues.append(Issue("not-supported", "a nested resource has an unknown resourceType", base))
     if issues:
         raise InvalidResource(issues)
     return rtype

@@ -23,7 +23,7 @@ from medvault.fhir import checks as fhir_checks
 from medvault.fhir import parse as fhir_parse
 from medvault.fhir.errors import InvalidResource, Issue
 from medvault.fhir.types import MAX_VERSION, is_fhir_id, is_resource_type, is_version_id
-from medvault.records import service
+from medvault.records import guard, service
 from medvault.records.errors import BadRequest, Gone, NotFound, PreconditionFailed, VersionConflict
 from medvault.records.vault import Vault, index_entries
 
@@ -526,6 +526,9 @@ def _batch(vault: Vault, bundle: dict[str, Any], *, base: str) -> dict[str, Any]
                 with _naming_entry(i):
                     out.append(_execute(vault, e, mapping, base=base, stable_ids=False))
         except MedvaultError as exc:
+            # The entry's savepoint is gone, and with it a refusal's audit entry: log it again.
+            vault.discard()
+            guard.record_refusal(vault, exc)
             status = _status_for(exc)
             issues = exc.issues if isinstance(exc, InvalidResource) else [Issue(exc.code, exc.message, exc.location)]
             out.append(
@@ -547,6 +550,8 @@ def _batch(vault: Vault, bundle: dict[str, Any], *, base: str) -> dict[str, Any]
 
 
 def _status_for(exc: MedvaultError) -> str:
+    if isinstance(exc, guard.Forbidden):
+        return "403 Forbidden"
     if isinstance(exc, NotFound):
         return "404 Not Found"
     if isinstance(exc, Gone):

@@ -30,10 +30,12 @@ import orjson
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from medvault.crypto.errors import CryptoError
 from medvault.errors import MedvaultError
 from medvault.fhir import parse as fhir_parse
+from medvault.fhir import search as fs
 from medvault.fhir.errors import InvalidResource
-from medvault.records import bundles, service
+from medvault.records import bundles, guard, service
 from medvault.records.vault import Vault
 from medvault.store.crypto_context import CryptoContext
 
@@ -274,9 +276,33 @@ def _fatal(exc: BaseException) -> bool:
     locked, full) or the process is being stopped."""
     if not isinstance(exc, Exception) or isinstance(exc, MemoryError | BrokenProcessPool | GroupLost):
         return True
+    if isinstance(exc, CryptoError):
+        return True  # a missing or wrong key fails every file alike: one clear error, not N rejections
     if isinstance(exc, OperationalError | InterfaceError):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+# The operator's bulk path: allowed everything; audited once per file (or NDJSON line), not per resource.
+IMPORT_CALLER = guard.Caller(actor=None, via="import")
+
+
+def _audit_import(vault: Vault, written: list[service.Written]) -> None:
+    changed = [w for w in written if w.changed]
+    if not changed:
+        return  # a re-import that changed nothing disclosed and altered nothing
+    patients = {w.rid for w in changed if w.rtype == "Patient"} or {
+        p for w in changed if w.resource is not None and (p := fs.patient_reference(w.resource))
+    }
+    guard.record(
+        vault,
+        action="write",
+        interaction="import",
+        patient_id=next(iter(sorted(patients))) if len(patients) == 1 else None,
+        entities=[f"{w.rtype}/{w.rid}" for w in changed[:50]],
+        allowed=True,
+        reason="operator",
+    )
 
 
 class _Group:
@@ -297,7 +323,7 @@ class _Group:
         """One all-or-nothing unit (a file, or one resource of an NDJSON file) in a savepoint."""
         if self.session is None or self.vault is None:
             self.session = self.factory()
-            self.vault = Vault(self.session, self.crypto)
+            self.vault = Vault(self.session, self.crypto, caller=IMPORT_CALLER)
             self.started = time.monotonic()
             self.written = 0
         session, vault = self.session, self.vault
@@ -469,8 +495,16 @@ class Importer:
         try:
             with self._unit() as vault:
                 bundles.apply_resolved(vault=vault, resolved=resolved, observer=written.append)
+                _audit_import(vault, written)
         except MedvaultError as exc:
+            if isinstance(exc, CryptoError):
+                raise  # a missing or wrong key fails every file: one clear error, not N rejections
             report.rejected.append(Rejection(item.source, *_reason(exc), position, item.part))
+            return
+        except Exception as exc:
+            if _fatal(exc):
+                raise
+            report.rejected.append(Rejection(item.source, "", _unexpected(exc), position, item.part))
             return
         self._written(written, report)
 
@@ -540,8 +574,16 @@ class Importer:
                     observer=written.append,
                     validated=validated,
                 )
+                _audit_import(vault, written)
         except MedvaultError as exc:
+            if isinstance(exc, CryptoError):
+                raise
             report.rejected.append(Rejection(source, *_reason(exc), position, part))
+            return
+        except Exception as exc:
+            if _fatal(exc):
+                raise
+            report.rejected.append(Rejection(source, "", _unexpected(exc), position, part))
             return
         self._written(written, report)
 
@@ -570,7 +612,15 @@ class Importer:
                     )
                 else:
                     written = service.create(vault=vault, resource=dict(res), validated=True)
+                _audit_import(vault, [written])
         except MedvaultError as exc:
+            if isinstance(exc, CryptoError):
+                raise
             report.rejected.append(Rejection(source, *_reason(exc), position, part))
+            return
+        except Exception as exc:
+            if _fatal(exc):
+                raise
+            report.rejected.append(Rejection(source, "", _unexpected(exc), position, part))
             return
         self._written([written], report)

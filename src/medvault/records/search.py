@@ -8,7 +8,7 @@ Totals and paging are computed after filtering, so every count is exact.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -221,7 +221,9 @@ def _identity_rids(vault: Vault, name: str, values: list[str]) -> set[str]:
     return out
 
 
-def run(vault: Vault, p: _Plan) -> SearchResult:
+def run(vault: Vault, p: _Plan, *, visible: Callable[[dict[str, Any]], bool] | None = None) -> SearchResult:
+    """Run a plan. `visible` (records/guard.py) filters hits *before* counting and paging, so
+    totals and next links count only what the caller may see."""
     vault.flush()
     rids = p.ids
     scopes: list[bytes] | None = None
@@ -267,7 +269,7 @@ def run(vault: Vault, p: _Plan) -> SearchResult:
 
     date_sort = p.sort is not None and p.sort[0] != "_lastUpdated"
     docs: dict[tuple[str, str], dict[str, Any]] = {}
-    if p.date_filters or date_sort or p.post_tokens:
+    if p.date_filters or date_sort or p.post_tokens or visible is not None:
         docs = load_current(vault, [(p.rtype, rid) for rid, _ in heads])
         kept = []
         for rid, ts in heads:
@@ -282,6 +284,7 @@ def run(vault: Vault, p: _Plan) -> SearchResult:
                     any(fs.token_matches(fs.token_pairs(doc, param), raw) for raw in raws)
                     for param, raws in p.post_tokens
                 )
+                and (visible is None or visible(doc))
             ):
                 kept.append((rid, ts))
         heads = kept
@@ -324,5 +327,12 @@ def _updated_cond(prefix: str, low: datetime, high: datetime) -> ColumnElement[b
     return col < high  # le
 
 
-def search(vault: Vault, rtype: str, params: Sequence[tuple[str, str]], *, strict: bool = True) -> SearchResult:
-    return run(vault, plan(vault, rtype, params, strict=strict))
+def search(
+    vault: Vault,
+    rtype: str,
+    params: Sequence[tuple[str, str]],
+    *,
+    strict: bool = True,
+    visible: Callable[[dict[str, Any]], bool] | None = None,
+) -> SearchResult:
+    return run(vault, plan(vault, rtype, params, strict=strict), visible=visible)

@@ -17,6 +17,7 @@ from medvault.fhir import parse as fhir_parse
 from medvault.fhir import search as fs
 from medvault.fhir.errors import InvalidResource, Issue
 from medvault.fhir.types import MAX_VERSION, is_fhir_id, is_resource_type, is_version_id
+from medvault.records import guard
 from medvault.records import search as record_search
 from medvault.records.errors import BadRequest, Gone, NotFound, VersionConflict
 from medvault.records.vault import Vault, get_head, load_current, open_version, read_version, store_version
@@ -102,6 +103,7 @@ def create(
     if rid is not None:
         _check_new_id(actual, rid)
     rid = rid or new_id()
+    guard.allow(vault, action="write", resource={**resource, "id": rid}, interaction="create")
     head = get_head(vault, actual, rid, for_update=True)
     doc = dict(resource)
     version, ts = store_version(vault, rtype=actual, rid=rid, doc=doc, method="POST", head=head)
@@ -131,6 +133,12 @@ def update(
         # R4 http.html#update: a missing or different id SHALL be answered with 400 (not 422).
         raise BadRequest("resource id must match the id in the URL", location=f"{rtype}.id")
     head = get_head(vault, rtype, rid, for_update=True)
+    before = None
+    if head is not None and not head.deleted and guard.caller_of(vault).actor is not None:
+        # A change must be allowed on what is there (it may belong to another patient) and on
+        # what it becomes. The operator is allowed both, so its imports skip this extra read.
+        before = read_version(vault, rtype, rid)
+    guard.allow(vault, action="write", resource=resource, interaction="update", before=before)
     if if_match is not None and (head is None or head.deleted or head.version != if_match):
         raise VersionConflict(f"{rtype}/{rid} is not at version {if_match}")
     if skip_unchanged and head is not None and not head.deleted:
@@ -158,10 +166,23 @@ def _same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return strip(a) == strip(b)
 
 
+def _disclose(vault: Vault, rtype: str, rid: str, version: int | None, interaction: str) -> dict[str, Any]:
+    try:
+        doc = read_version(vault, rtype, rid, version)
+    except Gone:
+        if guard.caller_of(vault).actor is not None:
+            # Whose record it was is not known from a deletion: to anyone but the operator, a
+            # deleted record is as missing as one that never existed.
+            raise NotFound(f"{rtype}/{rid} is not known") from None
+        raise
+    guard.allow(vault, action="read", resource=doc, interaction=interaction)
+    return doc
+
+
 def read(*, vault: Vault, rtype: str, rid: str) -> dict[str, Any]:
     _check_type(rtype)
     _check_existing_id(rtype, rid)
-    return read_version(vault, rtype, rid)
+    return _disclose(vault, rtype, rid, None, "read")
 
 
 def vread(*, vault: Vault, rtype: str, rid: str, version: int) -> dict[str, Any]:
@@ -170,7 +191,7 @@ def vread(*, vault: Vault, rtype: str, rid: str, version: int) -> dict[str, Any]
     if not is_version_id(version):
         # Versions are 1, 2, ... stored as 32-bit integers: a larger one would overflow the query.
         raise NotFound(f"version ids are whole numbers from 1 to {MAX_VERSION}", location=f"{rtype}.meta.versionId")
-    return read_version(vault, rtype, rid, version)
+    return _disclose(vault, rtype, rid, version, "vread")
 
 
 def delete(*, vault: Vault, rtype: str, rid: str) -> int | None:
@@ -180,6 +201,7 @@ def delete(*, vault: Vault, rtype: str, rid: str) -> int | None:
     head = get_head(vault, rtype, rid, for_update=True)
     if head is None or head.deleted:
         return None
+    guard.allow(vault, action="delete", resource=read_version(vault, rtype, rid), interaction="delete")
     version, _ = store_version(vault, rtype=rtype, rid=rid, doc=None, method="DELETE", head=head)
     return version
 
@@ -196,6 +218,19 @@ def history(
         conds.append(ResourceVersion.rid == rid)
         if get_head(vault, rtype, rid) is None:
             raise NotFound(f"{rtype}/{rid} is not known")
+    if guard.caller_of(vault).actor is not None:
+        if rid is not None:
+            latest = vault.session.execute(
+                select(ResourceVersion)
+                .where(*conds, ResourceVersion.blob.is_not(None))
+                .order_by(ResourceVersion.version.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            if latest is None:
+                raise NotFound(f"{rtype}/{rid} is not known")
+            # Asking for one record's history is asking for the record: refused as a read is.
+            guard.allow(vault, action="read", resource=open_version(vault, latest), interaction="history")
+        return _history_for_actor(vault, conds, count=count, offset=offset)
     total = vault.session.execute(select(func.count()).select_from(ResourceVersion).where(*conds)).scalar_one()
     rows = (
         vault.session.execute(
@@ -222,11 +257,43 @@ def history(
     return total, entries
 
 
+# History for a signed-in actor is filtered version by version before counting (totals must not
+# count what the caller may not see), so it reads every matching version: bounded to keep one
+# request's cost bounded.
+MAX_ACTOR_HISTORY = 5000
+
+
+def _history_for_actor(vault: Vault, conds: list[Any], *, count: int, offset: int) -> tuple[int, list[HistoryEntry]]:
+    rows = (
+        vault.session.execute(
+            select(ResourceVersion)
+            .where(*conds)
+            .order_by(ResourceVersion.last_updated.desc(), ResourceVersion.rid, ResourceVersion.version.desc())
+            .limit(MAX_ACTOR_HISTORY)
+        )
+        .scalars()
+        .all()
+    )
+    visibility = guard.Visibility(vault, action="read", interaction="history")
+    kept = []
+    for r in rows:
+        if r.blob is None:
+            continue  # a deletion names no patient: not shown to actors (see _disclose)
+        doc = open_version(vault, r)
+        if visibility(doc):
+            kept.append(HistoryEntry(r.rtype, r.rid, r.version, r.method, r.last_updated, doc))
+    visibility.audit()
+    return len(kept), kept[offset : offset + count]
+
+
 def search(
     *, vault: Vault, rtype: str, params: Sequence[tuple[str, str]], strict: bool = True
 ) -> record_search.SearchResult:
     _check_type(rtype)
-    return record_search.search(vault, rtype, params, strict=strict)
+    visibility = guard.Visibility(vault, action="search", interaction="search-type")
+    result = record_search.search(vault, rtype, params, strict=strict, visible=visibility)
+    visibility.audit()
+    return result
 
 
 def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
@@ -247,8 +314,16 @@ def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
         )
     )
     docs = load_current(vault, keys)
-    out = [docs[("Patient", patient_id)]] if ("Patient", patient_id) in docs else []
-    out += [d for k, d in docs.items() if k != ("Patient", patient_id)]
+    patient = docs.get(("Patient", patient_id))
+    if patient is None:
+        raise NotFound(f"Patient/{patient_id} is not known")
+    # The Patient decides whether the caller may ask at all (a stranger gets the missing answer);
+    # then each record of the compartment is shown or withheld on its own (sensitive labels).
+    guard.allow(vault, action="read", resource=patient, interaction="everything")
+    visibility = guard.Visibility(vault, action="read", interaction="everything")
+    out = [patient] + [d for k, d in docs.items() if k != ("Patient", patient_id) and visibility(d)]
+    visibility.withheld.pop(None, None)
+    visibility.shown.clear()  # the allow() above logged the disclosure; log only withholdings
     wanted: set[tuple[str, str]] = set()
     for doc in out:
         for ref in _references(doc):
@@ -267,7 +342,10 @@ def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
             ):
                 wanted.add((parts[0], parts[1]))
     extra = load_current(vault, sorted(wanted))
-    return out + [extra[k] for k in sorted(extra)]
+    out += [extra[k] for k in sorted(extra) if visibility(extra[k])]
+    visibility.shown.clear()
+    visibility.audit()
+    return out
 
 
 def _references(node: Any) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import Dialect, delete, event, select, update
@@ -23,6 +23,9 @@ from medvault.fhir import search as fs
 from medvault.records.errors import Gone, NotFound
 from medvault.store.crypto_context import SHARED_OWNER, CryptoContext
 from medvault.store.models import IdentityIndex, IdentityVersion, Resource, ResourceVersion, SearchToken
+
+if TYPE_CHECKING:
+    from medvault.records.guard import Caller
 
 GLOBAL_SCOPE = b"global"
 
@@ -75,6 +78,8 @@ class Vault:
 
     session: Session
     crypto: CryptoContext
+    # Who acts in this unit of work (records/guard.py). None: refused by every guarded service.
+    caller: Caller | None = None
     # Rows waiting for `flush`: dicts, or for the index tables (_RAW) tuples in column order.
     _pending: dict[type, list[Any]] = field(default_factory=dict)
     # Heads read or written in this unit of work (None: known not to exist). Authoritative because

@@ -53,7 +53,11 @@ def initialise(settings: Settings) -> InitResult:
         migrate.upgrade(engine)
         with unit_of_work(make_sessionmaker(engine)) as session:
             if session.get(Meta, "encryption") is None:
-                mode = ENCRYPTION_BENCHMARK_PLAINTEXT if settings.unsafe_disable_encryption else ENCRYPTION_REQUIRED
+                # Plaintext only for a brand-new benchmark store: a store made before this marker
+                # existed already holds ciphertext and stays an encrypted one.
+                fresh = session.get(Meta, "blind_index_bits") is None
+                plaintext = settings.unsafe_disable_encryption and fresh
+                mode = ENCRYPTION_BENCHMARK_PLAINTEXT if plaintext else ENCRYPTION_REQUIRED
                 session.add(Meta(key="encryption", value=mode))
             if session.get(Meta, "index_key_check") is None:
                 session.add(Meta(key="index_key_check", value=index_key_check(KeyRing(settings.keys_path))))

@@ -1,0 +1,317 @@
+"""Where the record services ask the one access decision and write the access log.
+
+Every service function that reads or writes clinical data calls `allow` (or `visible` for each
+search hit) with the resource it is about to disclose or write; `allow` asks `access.policy.decide`
+and appends an AuditEvent in the same transaction. The unit of work carries the caller
+(`Vault.caller`); a unit of work without one is refused outright, so a path that forgot to say who
+is acting fails closed instead of running with full access.
+
+The operator (`Caller.actor is None`: the operator token, `medvault import`) is allowed everything
+and still audited. It stands for the admin-only bulk path the issue keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from medvault.access.consent import Grant, grant_from_consent
+from medvault.access.labels import sensitive_labels
+from medvault.access.policy import Action, Decision, decide
+from medvault.audit import log as audit_log
+from medvault.errors import MedvaultError
+from medvault.fhir import search as fs
+from medvault.records import search as record_search
+from medvault.records.errors import NotFound
+from medvault.records.vault import Vault
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from medvault.auth.accounts import Actor
+    from medvault.records.vault import Vault
+    from medvault.store.crypto_context import CryptoContext
+
+Via = Literal["api", "page", "cli", "smart", "import"]
+# FHIR AuditEvent.action: C create, R read/vread/history, U update, D delete, E execute (search).
+_AUDIT_ACTION = {"read": "R", "search": "E", "write": "U", "delete": "D"}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is acting, through what, from where. `actor` None is the operator (system) path."""
+
+    actor: Actor | None
+    via: Via
+    address: str | None = None
+    client_id: str | None = None  # a SMART app acting on the actor's behalf
+    purpose: str = "TREAT"  # v3-ActReason
+
+
+OPERATOR_CLI = Caller(actor=None, via="cli")
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    action: Action
+    interaction: str
+    patient_id: str | None
+    entities: tuple[str, ...]
+    reason: str
+
+
+class Refused(MedvaultError):
+    """A refusal. It carries its audit entry: the refused unit of work is rolled back (it may hold
+    other writes of a transaction Bundle), and `unit_of_work` then logs the refusal on its own."""
+
+    refusal: _Refusal | None = None
+
+
+class Forbidden(Refused):
+    """The caller is related to the patient (own record, or a grant) but this is outside it: 403."""
+
+    code = "forbidden"
+
+
+class NoCaller(MedvaultError):
+    code = "exception"
+
+
+class Hidden(NotFound):
+    """Refused to a stranger: the same answer, word for word, as a resource that does not exist."""
+
+    refusal: _Refusal | None = None
+
+
+def refusal_of(exc: BaseException) -> _Refusal | None:
+    found = getattr(exc, "refusal", None)
+    return found if isinstance(found, _Refusal) else None
+
+
+@dataclass
+class _Grants:
+    """A patient's consent grants, read once per unit of work (revocation applies from the next one)."""
+
+    by_patient: dict[str, list[Grant]] = field(default_factory=dict)
+
+
+def caller_of(vault: Vault) -> Caller:
+    caller = vault.caller
+    if caller is None:
+        raise NoCaller("internal error: a records call without a caller was refused")
+    return caller
+
+
+def _grants(vault: Vault, patient_id: str) -> list[Grant]:
+    cache: _Grants = vault.session.info.setdefault("medvault_grants", _Grants())
+    if patient_id not in cache.by_patient:
+        found = record_search.search(vault, "Consent", [("patient", patient_id), ("_count", "1000")])
+        cache.by_patient[patient_id] = [g for g in map(grant_from_consent, found.resources) if g is not None]
+    return cache.by_patient[patient_id]
+
+
+def decision_for(vault: Vault, *, action: Action, resource: dict[str, Any], now: datetime | None = None) -> Decision:
+    """The policy's answer for this caller and resource (no audit entry: see `allow`)."""
+    caller = caller_of(vault)
+    if caller.actor is None:
+        return Decision(allowed=True, hide_as_missing=False, reason="operator")  # type: ignore[arg-type]
+    rtype = str(resource.get("resourceType", ""))
+    patient_id = fs.patient_reference(resource)
+    grants: list[Grant] = []
+    if patient_id is not None and caller.actor.role == "clinician":
+        grants = _grants(vault, patient_id)
+    consent_grant = grant_from_consent(resource) if rtype == "Consent" else None
+    return decide(
+        actor=caller.actor,
+        action=action,
+        patient_id=patient_id,
+        resource_type=rtype,
+        labels=sensitive_labels(resource),
+        grants=grants,
+        now=now or datetime.now(UTC),
+        consent_grant=consent_grant,
+    )
+
+
+def allow(
+    vault: Vault,
+    *,
+    action: Action,
+    resource: dict[str, Any],
+    interaction: str,
+    before: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Decide, audit, and raise Hidden/Forbidden when refused. For a change, `before` is the
+    current content: both it and the new content must be allowed (one audit entry)."""
+    caller = caller_of(vault)
+    if caller.actor is None and caller.via == "import":
+        return  # bulk import by the operator: the importer logs one entry per file, not per resource
+    decision = decision_for(vault, action=action, resource=resource, now=now)
+    if before is not None and decision.allowed:
+        decision = decision_for(vault, action=action, resource=before, now=now)
+    rtype, rid = str(resource.get("resourceType", "")), str(resource.get("id", ""))
+    patient_id = fs.patient_reference(resource)
+    if decision.allowed:
+        record(
+            vault,
+            action=action,
+            interaction=interaction,
+            patient_id=patient_id,
+            entities=[f"{rtype}/{rid}"],
+            allowed=True,
+            reason=decision.reason,
+        )
+        return
+    refusal = _Refusal(action, interaction, patient_id, (f"{rtype}/{rid}",), decision.reason)
+    exc: Hidden | Forbidden
+    if decision.hide_as_missing:
+        exc = Hidden(f"{rtype}/{rid} is not known")
+    else:
+        exc = Forbidden("this record is outside what you have been granted")
+    exc.refusal = refusal
+    raise exc
+
+
+class Visibility:
+    """Per-hit decisions for a search, history or $everything, and their audit entries: one per
+    patient whose records were shown, one per patient whose records were withheld."""
+
+    def __init__(self, vault: Vault, *, action: Action, interaction: str) -> None:
+        self.vault, self.action, self.interaction = vault, action, interaction
+        self.shown: dict[str | None, list[str]] = {}
+        self.withheld: dict[str | None, str] = {}
+
+    def __call__(self, resource: dict[str, Any]) -> bool:
+        decision = decision_for(self.vault, action=self.action, resource=resource)
+        patient = fs.patient_reference(resource)
+        if decision.allowed:
+            self.shown.setdefault(patient, []).append(f"{resource.get('resourceType')}/{resource.get('id')}")
+        else:
+            self.withheld.setdefault(patient, decision.reason)
+        return decision.allowed
+
+    def audit(self) -> None:
+        caller = caller_of(self.vault)
+        if caller.actor is None and caller.via == "import":
+            return
+        for patient, refs in self.shown.items():
+            record(
+                self.vault,
+                action=self.action,
+                interaction=self.interaction,
+                patient_id=patient,
+                entities=refs[:50],  # the entry names the patient; a long list adds nothing
+                allowed=True,
+                reason="operator" if caller.actor is None else "grant",
+            )
+        for patient, reason in self.withheld.items():
+            record(
+                self.vault,
+                action=self.action,
+                interaction=self.interaction,
+                patient_id=patient,
+                entities=[],
+                allowed=False,
+                reason=reason,
+            )
+
+
+def record_refusal(vault: Vault, exc: BaseException) -> bool:
+    """Log a refusal carried by `exc` (after its unit of work or savepoint was rolled back)."""
+    refusal = refusal_of(exc)
+    if refusal is None:
+        return False
+    record(
+        vault,
+        action=refusal.action,
+        interaction=refusal.interaction,
+        patient_id=refusal.patient_id,
+        entities=refusal.entities,
+        allowed=False,
+        reason=refusal.reason,
+    )
+    return True
+
+
+@contextmanager
+def unit_of_work(factory: sessionmaker[Session], crypto: CryptoContext, caller: Caller) -> Iterator[Vault]:
+    """One transaction on behalf of `caller`: commit on success; on a refusal, roll back whatever
+    the unit did and commit the refusal's audit entry alone; on any other error, roll back."""
+    session = factory()
+    vault = Vault(session, crypto, caller=caller)
+    try:
+        yield vault
+        session.commit()
+    except BaseException as exc:
+        session.rollback()
+        vault.discard()
+        if refusal_of(exc) is not None:
+            session.info.pop("medvault_grants", None)
+            record_refusal(vault, exc)
+            session.commit()
+        raise
+    finally:
+        session.close()
+
+
+def record(
+    vault: Vault,
+    *,
+    action: Action,
+    interaction: str,
+    patient_id: str | None,
+    entities: Iterable[str],
+    allowed: bool,
+    reason: str,
+) -> None:
+    """Append one FHIR AuditEvent for this caller (same transaction as the action)."""
+    caller = caller_of(vault)
+    actor = caller.actor
+    who: dict[str, Any]
+    if actor is None:
+        who = {"display": "operator"}
+    elif actor.practitioner_id:
+        who = {"reference": f"Practitioner/{actor.practitioner_id}"}
+    elif actor.patient_id:
+        who = {"reference": f"Patient/{actor.patient_id}"}
+    else:
+        who = {"identifier": {"system": "urn:medvault:account", "value": actor.account_id}}
+    agent: dict[str, Any] = {
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": "PROV"}]}
+        if actor is not None and actor.role == "clinician"
+        else {"text": actor.role if actor is not None else "operator"},
+        "who": who,
+        "requestor": True,
+    }
+    if actor is not None:
+        agent["altId"] = actor.account_id
+    if caller.address:
+        agent["network"] = {"address": caller.address, "type": "2"}
+    agents = [agent]
+    if caller.client_id:
+        agents.append({"who": {"identifier": {"value": caller.client_id}}, "requestor": False, "altId": "app"})
+    now = datetime.now(UTC)
+    entity = [{"what": {"reference": ref}} for ref in entities]
+    if patient_id:
+        entity.append({"what": {"reference": f"Patient/{patient_id}"}, "type": {"code": "1"}})
+    event = {
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": interaction}],
+        "action": _AUDIT_ACTION[action],
+        "recorded": now.isoformat().replace("+00:00", "Z"),
+        "outcome": "0" if allowed else "4",
+        "outcomeDesc": reason,
+        "purposeOfEvent": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": caller.purpose}]}
+        ],
+        "agent": agents,
+        "source": {"observer": {"display": "medvault"}, "type": [{"code": "4" if caller.via == "api" else "1"}]},
+        "entity": entity,
+    }
+    vault.flush()
+    audit_log.append(session=vault.session, crypto=vault.crypto, event=event, patient_id=patient_id, now=now)
