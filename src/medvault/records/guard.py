@@ -313,5 +313,6 @@ def record(
         "source": {"observer": {"display": "medvault"}, "type": [{"code": "4" if caller.via == "api" else "1"}]},
         "entity": entity,
     }
-    vault.flush()
+    # No vault.flush() first: the entry is independent of the rows the vault buffers, and
+    # flushing here would break the importer's batching of inserts across files.
     audit_log.append(session=vault.session, crypto=vault.crypto, event=event, patient_id=patient_id, now=now)
