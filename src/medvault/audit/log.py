@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import BigInteger, func, select, type_coerce
+from sqlalchemy import BigInteger, func, insert, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from medvault.audit import merkle
@@ -62,23 +62,27 @@ def append(
 ) -> int:
     """Add one entry in the caller's transaction (so a failed audit write fails the action); returns
     its sequence number. The head row lock orders concurrent appends."""
-    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one()
-    seq = head.size
+    # One statement allocates the sequence number and holds the head row's lock until commit
+    # (PostgreSQL row lock; SQLite writers are exclusive anyway). Core, not the ORM: this runs
+    # on every request, and the ORM's unit of work costs more than the two statements.
+    seq = (
+        session.execute(
+            update(AuditHead).where(AuditHead.id == 1).values(size=AuditHead.size + 1).returning(AuditHead.size)
+        ).scalar_one()
+        - 1
+    )
     owner = crypto.indexer.pseudonym(patient_id) if patient_id else SHARED_OWNER
     dk_id, key = crypto.data_key(session, purpose="clinical", owner=owner)
     blob = crypto.sealer.seal(key, orjson.dumps(event), _AAD + str(seq).encode())
-    recorded = now or datetime.now(UTC)
-    session.add(
-        AuditEntry(
+    session.execute(
+        insert(AuditEntry).values(
             seq=seq,
-            recorded=recorded,
+            recorded=now or datetime.now(UTC),
             data_key_id=dk_id,
             blob=blob,
             patient_token=patient_token(crypto, patient_id) if patient_id else NO_PATIENT,
         )
     )
-    head.size = seq + 1
-    session.flush()
     return seq
 
 
