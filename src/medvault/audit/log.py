@@ -32,6 +32,9 @@ NO_PATIENT = bytes(12)
 KEY_NAME = "medvault-audit"
 _AAD = b"medvault:audit:v1|"
 _BATCH = 5000
+# Built once: Core statements on the session's connection (no ORM layer on the hot path).
+_INSERT = insert(AuditEntry)
+_NEXT_SEQ = update(AuditHead).where(AuditHead.id == 1).values(size=AuditHead.size + 1).returning(AuditHead.size)
 
 
 def _micros(value: datetime) -> int:
@@ -65,23 +68,20 @@ def append(
     # One statement allocates the sequence number and holds the head row's lock until commit
     # (PostgreSQL row lock; SQLite writers are exclusive anyway). Core, not the ORM: this runs
     # on every request, and the ORM's unit of work costs more than the two statements.
-    seq = (
-        session.execute(
-            update(AuditHead).where(AuditHead.id == 1).values(size=AuditHead.size + 1).returning(AuditHead.size)
-        ).scalar_one()
-        - 1
-    )
+    conn = session.connection()  # Core on the session's connection: no ORM bulk-statement layer
+    seq = conn.execute(_NEXT_SEQ).scalar_one() - 1
     owner = crypto.indexer.pseudonym(patient_id) if patient_id else SHARED_OWNER
     dk_id, key = crypto.data_key(session, purpose="clinical", owner=owner)
     blob = crypto.sealer.seal(key, orjson.dumps(event), _AAD + str(seq).encode())
-    session.execute(
-        insert(AuditEntry).values(
-            seq=seq,
-            recorded=now or datetime.now(UTC),
-            data_key_id=dk_id,
-            blob=blob,
-            patient_token=patient_token(crypto, patient_id) if patient_id else NO_PATIENT,
-        )
+    conn.execute(
+        _INSERT,
+        {
+            "seq": seq,
+            "recorded": now or datetime.now(UTC),
+            "data_key_id": dk_id,
+            "blob": blob,
+            "patient_token": patient_token(crypto, patient_id) if patient_id else NO_PATIENT,
+        },
     )
     return seq
 
