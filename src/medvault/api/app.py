@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hmac
+import inspect
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Annotated, Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import Headers, MutableHeaders
@@ -253,17 +256,49 @@ def _install_error_handlers(app: FastAPI) -> None:
         return outcome(500, [Issue("exception", "internal error; see the server log")])
 
 
-def get_vault(request: Request) -> Iterator[Vault]:
+def _unit(request: Request) -> contextlib.AbstractContextManager[Vault]:
     """Unit of work per request: commit when the handler returns, roll back on any error."""
     state: AppState = request.app.state.medvault
     # Every request writes its access-log entry, reads included, so every unit of work is a
     # writer (SQLite: BEGIN IMMEDIATE; a deferred reader could not upgrade to write later).
     caller = Caller(actor=None, via="api", address=request.client.host if request.client else None)
-    with guard.unit_of_work(state.factory, state.crypto, caller) as vault:
-        yield vault
+    return guard.unit_of_work(state.factory, state.crypto, caller)
 
 
-VaultDep = Annotated[Vault, Depends(get_vault)]
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def with_vault(fn: H) -> H:
+    """Run a handler inside its unit of work, passed as `v`. A decorator rather than a `yield`
+    dependency: FastAPI runs a sync generator dependency's enter and exit in two extra thread
+    hops; here opening, the work and the commit share the handler's one hop."""
+    sig = inspect.signature(fn)
+    params = [p for name, p in sig.parameters.items() if name != "v"]
+    if "request" not in sig.parameters:
+        params.insert(0, inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request))
+    wants_request = "request" in sig.parameters
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(request: Request, **kwargs: Any) -> Any:
+            if wants_request:
+                kwargs["request"] = request
+            with _unit(request) as v:
+                return await fn(v=v, **kwargs)
+
+        run_async.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        return run_async  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def run(request: Request, **kwargs: Any) -> Any:
+        if wants_request:
+            kwargs["request"] = request
+        with _unit(request) as v:
+            return fn(v=v, **kwargs)
+
+    run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return run  # type: ignore[return-value]
 
 
 def _install_routes(app: FastAPI, state: AppState) -> None:
@@ -300,7 +335,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         return FhirResponse(capability_statement(base(request)))
 
     @app.post("/fhir")
-    async def system(request: Request, v: VaultDep) -> FhirResponse:
+    @with_vault
+    async def system(request: Request, v: Vault) -> FhirResponse:
         doc = await body(request)
         if doc.get("resourceType") != "Bundle":
             raise InvalidResource([Issue("invalid", "POST /fhir takes a transaction or batch Bundle", "resourceType")])
@@ -308,7 +344,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         return FhirResponse(record_bundles.process(vault=v, bundle=doc, base=base(request)))
 
     @app.get("/fhir/Patient/{rid}/$everything")
-    def everything(request: Request, rid: str, v: VaultDep) -> FhirResponse:
+    @with_vault
+    def everything(request: Request, rid: str, v: Vault) -> FhirResponse:
         docs = records.everything(vault=v, patient_id=rid)
         b = base(request)
         return FhirResponse(
@@ -321,12 +358,14 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         )
 
     @app.get("/fhir/{rtype}/_history")
-    def type_history(request: Request, rtype: str, v: VaultDep, _count: int = 50, _offset: int = 0) -> FhirResponse:
+    @with_vault
+    def type_history(request: Request, rtype: str, v: Vault, _count: int = 50, _offset: int = 0) -> FhirResponse:
         return _history_bundle(request, v, rtype, None, _count, _offset)
 
     @app.get("/fhir/{rtype}/{rid}/_history")
+    @with_vault
     def instance_history(
-        request: Request, rtype: str, rid: str, v: VaultDep, _count: int = 50, _offset: int = 0
+        request: Request, rtype: str, rid: str, v: Vault, _count: int = 50, _offset: int = 0
     ) -> FhirResponse:
         return _history_bundle(request, v, rtype, rid, _count, _offset)
 
@@ -366,7 +405,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         return FhirResponse({"resourceType": "Bundle", "type": "history", "total": total, "link": links, "entry": out})
 
     @app.get("/fhir/{rtype}/{rid}/_history/{vid}")
-    def vread(rtype: str, rid: str, vid: str, v: VaultDep) -> FhirResponse:
+    @with_vault
+    def vread(rtype: str, rid: str, vid: str, v: Vault) -> FhirResponse:
         # ASCII digits only ("²".isdigit() is True but int() rejects it) and within the column's range.
         # Length first: int() of a 5,000-digit string raises (CPython's digit limit), a 500.
         if not (vid.isascii() and vid.isdigit() and len(vid) <= 10) or int(vid) > MAX_VERSION:
@@ -375,7 +415,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         return FhirResponse(doc, headers=headers_for(doc))
 
     @app.get("/fhir/{rtype}/{rid}")
-    def read(rtype: str, rid: str, v: VaultDep) -> FhirResponse:
+    @with_vault
+    def read(rtype: str, rid: str, v: Vault) -> FhirResponse:
         doc = records.read(vault=v, rtype=rtype, rid=rid)
         return FhirResponse(doc, headers=headers_for(doc))
 
@@ -394,11 +435,13 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         )
 
     @app.get("/fhir/{rtype}")
-    def search_get(request: Request, rtype: str, v: VaultDep) -> FhirResponse:
+    @with_vault
+    def search_get(request: Request, rtype: str, v: Vault) -> FhirResponse:
         return _search(request, rtype, v, list(request.query_params.multi_items()))
 
     @app.post("/fhir/{rtype}/_search")
-    async def search_post(request: Request, rtype: str, v: VaultDep) -> FhirResponse:
+    @with_vault
+    async def search_post(request: Request, rtype: str, v: Vault) -> FhirResponse:
         # Parsed here: Starlette's request.form() needs python-multipart (not a dependency) and
         # failed with a 500 without it. R4 only defines application/x-www-form-urlencoded here.
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -412,7 +455,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         return _search(request, rtype, v, form + list(request.query_params.multi_items()))
 
     @app.post("/fhir/{rtype}")
-    async def create(request: Request, rtype: str, v: VaultDep) -> FhirResponse:
+    @with_vault
+    async def create(request: Request, rtype: str, v: Vault) -> FhirResponse:
         doc = await body(request)
         if not is_resource_type(rtype):
             raise NotFound("unknown resource type")  # never echo the input
@@ -432,7 +476,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         return FhirResponse(written.resource, status_code=201, headers=headers)
 
     @app.put("/fhir/{rtype}/{rid}")
-    async def update(request: Request, rtype: str, rid: str, v: VaultDep) -> FhirResponse:
+    @with_vault
+    async def update(request: Request, rtype: str, rid: str, v: Vault) -> FhirResponse:
         doc = await body(request)
         if_match = records.parse_if_match(request.headers.get("if-match"))
         written = records.update(vault=v, rtype=rtype, rid=rid, resource=doc, if_match=if_match)
@@ -443,7 +488,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         return FhirResponse(written.resource, status_code=201 if written.created else 200, headers=headers)
 
     @app.delete("/fhir/{rtype}")
-    def conditional_delete(request: Request, rtype: str, v: VaultDep) -> Response:
+    @with_vault
+    def conditional_delete(request: Request, rtype: str, v: Vault) -> Response:
         # Conditional delete (single match), as the CapabilityStatement announces.
         params = list(request.query_params.multi_items())
         if not is_resource_type(rtype):
@@ -459,7 +505,8 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         return Response(status_code=204, headers={"ETag": f'W/"{version}"'} if version else {})
 
     @app.delete("/fhir/{rtype}/{rid}")
-    def delete(rtype: str, rid: str, v: VaultDep) -> Response:
+    @with_vault
+    def delete(rtype: str, rid: str, v: Vault) -> Response:
         version = records.delete(vault=v, rtype=rtype, rid=rid)
         headers = {"ETag": f'W/"{version}"'} if version else {}
         return Response(status_code=204, headers=headers)
