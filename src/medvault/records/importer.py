@@ -305,6 +305,16 @@ def _audit_import(vault: Vault, written: list[service.Written]) -> None:
     )
 
 
+def _as_rejection(exc: Exception, source: str, position: int, part: str) -> Rejection:
+    """The rejection for one unit's failure; re-raises what must end the whole import (a missing
+    key, the database gone: see `_fatal`)."""
+    if _fatal(exc):
+        raise exc
+    if isinstance(exc, MedvaultError):
+        return Rejection(source, *_reason(exc), position, part)
+    return Rejection(source, "", _unexpected(exc), position, part)
+
+
 class _Group:
     """The writer's open database transaction, shared by several files (see GROUP_RESOURCES), and
     its Vault: heads read and rows buffered stay valid from one unit to the next, and are dropped
@@ -496,15 +506,8 @@ class Importer:
             with self._unit() as vault:
                 bundles.apply_resolved(vault=vault, resolved=resolved, observer=written.append)
                 _audit_import(vault, written)
-        except MedvaultError as exc:
-            if isinstance(exc, CryptoError):
-                raise  # a missing or wrong key fails every file: one clear error, not N rejections
-            report.rejected.append(Rejection(item.source, *_reason(exc), position, item.part))
-            return
-        except Exception as exc:
-            if _fatal(exc):
-                raise
-            report.rejected.append(Rejection(item.source, "", _unexpected(exc), position, item.part))
+        except Exception as exc:  # noqa: BLE001 - _as_rejection re-raises what is fatal
+            report.rejected.append(_as_rejection(exc, item.source, position, item.part))
             return
         self._written(written, report)
 
@@ -575,15 +578,8 @@ class Importer:
                     validated=validated,
                 )
                 _audit_import(vault, written)
-        except MedvaultError as exc:
-            if isinstance(exc, CryptoError):
-                raise
-            report.rejected.append(Rejection(source, *_reason(exc), position, part))
-            return
-        except Exception as exc:
-            if _fatal(exc):
-                raise
-            report.rejected.append(Rejection(source, "", _unexpected(exc), position, part))
+        except Exception as exc:  # noqa: BLE001 - _as_rejection re-raises what is fatal
+            report.rejected.append(_as_rejection(exc, source, position, part))
             return
         self._written(written, report)
 
@@ -613,14 +609,7 @@ class Importer:
                 else:
                     written = service.create(vault=vault, resource=dict(res), validated=True)
                 _audit_import(vault, [written])
-        except MedvaultError as exc:
-            if isinstance(exc, CryptoError):
-                raise
-            report.rejected.append(Rejection(source, *_reason(exc), position, part))
-            return
-        except Exception as exc:
-            if _fatal(exc):
-                raise
-            report.rejected.append(Rejection(source, "", _unexpected(exc), position, part))
+        except Exception as exc:  # noqa: BLE001 - _as_rejection re-raises what is fatal
+            report.rejected.append(_as_rejection(exc, source, position, part))
             return
         self._written([written], report)
