@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     # Benchmark-only: lets bench/ measure the cost of encryption on the same code path.
     # Refused in every other environment (see the validator below).
     unsafe_disable_encryption: bool = False
+    # Benchmark-only: lets bench/bench_audit.py measure what the access log costs a request.
+    unsafe_disable_audit: bool = False
     # Planned number of patients: sizes the truncated blind indexes at `medvault init`.
     expected_patients: int = Field(default=1000, ge=1, le=1_000_000_000)
 
@@ -32,6 +34,11 @@ class Settings(BaseSettings):
         if self.unsafe_disable_encryption and self.environment != "benchmark":
             raise ConfigError(
                 "MEDVAULT_UNSAFE_DISABLE_ENCRYPTION is a benchmark-only switch; "
+                "it is refused unless MEDVAULT_ENVIRONMENT=benchmark"
+            )
+        if self.unsafe_disable_audit and self.environment != "benchmark":
+            raise ConfigError(
+                "MEDVAULT_UNSAFE_DISABLE_AUDIT is a benchmark-only switch; "
                 "it is refused unless MEDVAULT_ENVIRONMENT=benchmark"
             )
         return self

@@ -159,3 +159,7 @@ def test_benchmark_switch_refused_outside_benchmarks() -> None:
         load_settings(unsafe_disable_encryption=True, environment="production")
     assert load_settings(unsafe_disable_encryption=True, environment="benchmark").unsafe_disable_encryption
     assert os.environ.get("MEDVAULT_UNSAFE_DISABLE_ENCRYPTION") is None
+    for environment in ("production", "development"):
+        with pytest.raises(ConfigError):
+            load_settings(unsafe_disable_audit=True, environment=environment)
+    assert load_settings(unsafe_disable_audit=True, environment="benchmark").unsafe_disable_audit

@@ -261,7 +261,12 @@ def _unit(request: Request) -> contextlib.AbstractContextManager[Vault]:
     state: AppState = request.app.state.medvault
     # Every request writes its access-log entry, reads included, so every unit of work is a
     # writer (SQLite: BEGIN IMMEDIATE; a deferred reader could not upgrade to write later).
-    caller = Caller(actor=None, via="api", address=request.client.host if request.client else None)
+    caller = Caller(
+        actor=None,
+        via="api",
+        address=request.client.host if request.client else None,
+        audited=not state.settings.unsafe_disable_audit,
+    )
     return guard.unit_of_work(state.factory, state.crypto, caller)
 
 
