@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     unsafe_disable_encryption: bool = False
     # Benchmark-only: lets bench/bench_audit.py measure what the access log costs a request.
     unsafe_disable_audit: bool = False
+    # Breach detection: a clinician reading more distinct patients an hour than this raises an alert.
+    alert_patients_per_hour: int = Field(default=50, ge=1, le=100_000)
     # Planned number of patients: sizes the truncated blind indexes at `medvault init`.
     expected_patients: int = Field(default=1000, ge=1, le=1_000_000_000)
 

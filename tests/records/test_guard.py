@@ -255,3 +255,19 @@ def test_a_unit_of_work_without_a_caller_is_refused(world: World) -> None:
         vault = Vault(session, world.env.crypto)
         with pytest.raises(NoCaller):
             service.read(vault=vault, rtype="Observation", rid=world.obs)
+
+
+def test_any_read_of_a_decoy_raises_an_alert_even_when_refused(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    from medvault.audit import alerts
+
+    with open_vault(world.env) as v:
+        (decoy,) = alerts.create_decoys(vault=v, count=1)
+    with pytest.raises(Hidden), acting(world.env, clinician(world.dr2)) as v:
+        service.read(vault=v, rtype="Patient", rid=decoy)  # a stranger: refused, rolled back
+    with acting(world.env, None) as v:
+        service.read(vault=v, rtype="Patient", rid=decoy)  # even the operator
+    with world.env.factory() as session:
+        raised = alerts.list_alerts(session=session)
+    assert [a.kind for a in raised] == ["honeytoken", "honeytoken"]
+    assert decoy not in caplog.text
+    assert "honeytoken" in caplog.text

@@ -266,6 +266,7 @@ def _unit(request: Request) -> contextlib.AbstractContextManager[Vault]:
         via="api",
         address=request.client.host if request.client else None,
         audited=not state.settings.unsafe_disable_audit,
+        alert_patients_per_hour=state.settings.alert_patients_per_hour,
     )
     return guard.unit_of_work(state.factory, state.crypto, caller)
 

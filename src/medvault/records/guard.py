@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from medvault.access.consent import Grant, grant_from_consent
 from medvault.access.labels import sensitive_labels
 from medvault.access.policy import Action, Decision, decide
+from medvault.audit import alerts
 from medvault.audit import log as audit_log
 from medvault.errors import MedvaultError
 from medvault.fhir import search as fs
@@ -51,6 +52,8 @@ class Caller:
     purpose: str = "TREAT"  # v3-ActReason
     # False only in benchmarks (Settings.unsafe_disable_audit, refused outside environment=benchmark).
     audited: bool = True
+    # A clinician reading more distinct patients an hour than this raises an alert (Settings).
+    alert_patients_per_hour: int = alerts.DEFAULT_PATIENTS_PER_HOUR
 
 
 OPERATOR_CLI = Caller(actor=None, via="cli")
@@ -320,3 +323,15 @@ def record(
     # No vault.flush() first: the entry is independent of the rows the vault buffers, and
     # flushing here would break the importer's batching of inserts across files.
     audit_log.append(session=vault.session, crypto=vault.crypto, event=event, patient_id=patient_id, now=now)
+    # Breach detection on the same transaction: a decoy touched by any path, or a clinician
+    # reading unusually many patients. Alerts carry no patient data.
+    alerts.observe(
+        session=vault.session,
+        crypto=vault.crypto,
+        account_id=actor.account_id if actor is not None else None,
+        role=actor.role if actor is not None else None,
+        patient_id=patient_id,
+        allowed=allowed,
+        now=now,
+        threshold=caller.alert_patients_per_hour,
+    )

@@ -232,3 +232,43 @@ class WebSession(Base):
     created: Mapped[datetime] = mapped_column(UtcMicros)
     last_seen: Mapped[datetime] = mapped_column(UtcMicros)
     __mapper_args__ = {"primary_key": [token_hash]}  # noqa: RUF012
+
+
+class Honeytoken(Base):
+    """A decoy patient that no legitimate workflow touches: any access to it raises an alert. Held
+    as the patient's pseudonym (the value of `resource.patient_link`), never its id in clear."""
+
+    __tablename__ = "honeytoken"
+    __table_args__ = (UniqueConstraint("patient_link"),)
+    patient_link: Mapped[bytes] = mapped_column(LargeBinary(16))
+    __mapper_args__ = {"primary_key": [patient_link]}  # noqa: RUF012
+
+
+class AccessRate(Base):
+    """One row per (account, epoch hour, patient token) a clinician was shown: counts distinct
+    patients per account per hour. The patient is a keyed token, not the pseudonym or the id."""
+
+    __tablename__ = "access_rate"
+    __table_args__ = (UniqueConstraint("account_id", "hour", "patient_token"),)
+    account_id: Mapped[str] = mapped_column(String(32))
+    hour: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
+    patient_token: Mapped[bytes] = mapped_column(LargeBinary(12))
+    __mapper_args__ = {"primary_key": [account_id, hour, patient_token]}  # noqa: RUF012
+
+
+class Alert(Base):
+    """A breach-detection alert for the privacy officer. `detail` is a fixed text chosen by the
+    code, never built from data: no patient id, name or pseudonym ever reaches this table."""
+
+    __tablename__ = "alert"
+    __table_args__ = (UniqueConstraint("id"), Index(None, "acknowledged", "raised"), Index(None, "account_id", "kind"))
+    id: Mapped[str] = mapped_column(String(32))
+    raised: Mapped[datetime] = mapped_column(UtcMicros)
+    kind: Mapped[str] = mapped_column(String(32))  # "honeytoken" | "rate"
+    account_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # None: the operator
+    detail: Mapped[str] = mapped_column(String(200))
+    acknowledged: Mapped[bool] = mapped_column(Boolean, default=False)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"Alert({self.id}, {self.kind}, account={self.account_id})"
