@@ -17,6 +17,8 @@ did it; the audit log (sealed) says to whom.
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -80,16 +82,39 @@ def _decoy_mark(crypto: CryptoContext, patient_id: str) -> bytes:
     return crypto.indexer.search_token(crypto.indexer.pseudonym(patient_id), "Honeytoken", "decoy", "") + bytes(4)
 
 
+# Every audited access asks whether its patient is a decoy. The marks are few and change rarely, so
+# each process keeps them per database and reloads them at most DECOY_REFRESH_S after loading: a
+# decoy marked by another process is watched here within that time; one marked by this process at
+# once (mark_decoy drops the cache). Saves a query on every request.
+DECOY_REFRESH_S = 1.0
+_decoy_cache: dict[str, tuple[float, frozenset[bytes]]] = {}
+_decoy_lock = threading.Lock()
+
+
+def _decoy_marks(session: Session) -> frozenset[bytes]:
+    bind = str(session.get_bind().url)  # per database (an engine's id can be reused once it is gone)
+    with _decoy_lock:
+        hit = _decoy_cache.get(bind)
+    if hit is not None and time.monotonic() - hit[0] < DECOY_REFRESH_S:
+        return hit[1]
+    marks = frozenset(bytes(m) for m in session.execute(select(Honeytoken.patient_link)).scalars())
+    with _decoy_lock:
+        _decoy_cache[bind] = (time.monotonic(), marks)
+    return marks
+
+
 def mark_decoy(*, session: Session, crypto: CryptoContext, patient_id: str) -> None:
     """Mark a patient as a decoy (idempotent). Only a keyed value is stored, unlinkable without the key."""
     link = _decoy_mark(crypto, patient_id)
     if session.execute(select(Honeytoken.patient_link).where(Honeytoken.patient_link == link)).first() is None:
         session.execute(insert(Honeytoken).values(patient_link=link))
+    with _decoy_lock:
+        _decoy_cache.clear()
 
 
 def is_decoy(*, session: Session, crypto: CryptoContext, patient_id: str) -> bool:
-    link = _decoy_mark(crypto, patient_id)
-    return session.execute(select(Honeytoken.patient_link).where(Honeytoken.patient_link == link)).first() is not None
+    marks = _decoy_marks(session)
+    return bool(marks) and _decoy_mark(crypto, patient_id) in marks
 
 
 # ---------------------------------------------------------------------------------------------
