@@ -92,7 +92,8 @@ _decoy_lock = threading.Lock()
 
 
 def _decoy_marks(session: Session) -> frozenset[bytes]:
-    bind = str(session.get_bind().url)  # per database (an engine's id can be reused once it is gone)
+    # Per database URL: an engine's id() can be reused once it is gone.
+    bind = str(session.get_bind().engine.url)
     with _decoy_lock:
         hit = _decoy_cache.get(bind)
     if hit is not None and time.monotonic() - hit[0] < DECOY_REFRESH_S:
