@@ -40,6 +40,7 @@ from medvault.records.guard import Caller
 from medvault.records.vault import Vault, iso
 from medvault.store import migrate
 from medvault.store.crypto_context import CryptoContext, build_crypto
+from medvault.web import pages
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
@@ -132,13 +133,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.medvault = state
     _install_error_handlers(app)
     _install_routes(app, state)
+    pages.install(app, pages.PageDeps(factory=factory, crypto=crypto))
     return app
 
 
-# The only door open without the operator token. Everything else - /fhir, unknown paths, paths
-# under any root_path a proxy adds - needs it: deny by default, so a new route or a path prefix can
-# never be reached unauthenticated by accident.
-PUBLIC_PATHS = frozenset({"/healthz"})
+# /fhir (in any letter case) needs the operator token, judged on the router's own path (so a
+# root_path a proxy adds cannot hide it). Pages outside /fhir authenticate with their session
+# cookie (web/pages.py): each page route asks for a live session itself.
 SECURITY_HEADERS = (
     # Health data must not linger in browser or proxy caches.
     ("cache-control", "no-store"),
@@ -172,7 +173,8 @@ class MedvaultApp(FastAPI):
             await send(message)
 
         try:
-            if _route_path(scope) in PUBLIC_PATHS or _authorised(Headers(scope=scope), state.token):
+            route = _route_path(scope)
+            if not _is_fhir(route) or _authorised(Headers(scope=scope), state.token):
                 await super().__call__(scope, receive, guarded_send)
             else:
                 await outcome(
@@ -194,6 +196,11 @@ class MedvaultApp(FastAPI):
                 sent.get("status", 0),
                 (time.perf_counter() - start) * 1000,
             )
+
+
+def _is_fhir(route: str) -> bool:
+    lowered = route.lower()
+    return lowered == "/fhir" or lowered.startswith("/fhir/")
 
 
 def _route_path(scope: Scope) -> str:

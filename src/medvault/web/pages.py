@@ -1,0 +1,252 @@
+"""Web pages: sign-in (password and, once set up, a one-time or recovery code), sign-out, and the
+patient's "who accessed my record". Server-rendered Jinja2 with no script at all, under a strict
+Content-Security-Policy; the session is an HttpOnly, Secure, SameSite=Strict `__Host-` cookie whose
+value is stored only as a hash (auth/sessions.py); state-changing forms carry a CSRF token and
+must come from our own origin.
+
+The pages are a face: they call the auth and audit services and never touch tables or keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio.to_thread
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy.orm import Session, sessionmaker
+
+from medvault.audit import log as audit_log
+from medvault.auth import accounts, sessions
+from medvault.auth.passwords import Hasher
+from medvault.db import unit_of_work
+from medvault.store.crypto_context import CryptoContext
+
+COOKIE = "__Host-medvault"
+# No script, no frames, no third-party anything; forms post only to us.
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+_PAGE_HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+_MAX_FORM = 16 * 1024
+_templates = Environment(
+    loader=PackageLoader("medvault.web", "templates"), autoescape=select_autoescape(["html"]), auto_reload=False
+)
+
+
+class SignInRequired(Exception):
+    """No live, fully signed-in session: the face answers with a redirect to the sign-in page."""
+
+
+class PageRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class PageDeps:
+    factory: sessionmaker[Session]
+    crypto: CryptoContext
+    _hasher: Hasher | None = field(default=None, repr=False)
+
+    @property
+    def hasher(self) -> Hasher:
+        # Made on first sign-in, not at start-up: building one costs an Argon2 hash (~0.2 s).
+        if self._hasher is None:
+            self._hasher = Hasher()
+        return self._hasher
+
+
+def page(name: str, *, status: int = 200, **context: Any) -> HTMLResponse:
+    html = _templates.get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status, headers=_PAGE_HEADERS)
+
+
+def _set_cookie(response: Response, token: str) -> None:
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=int(sessions.ABSOLUTE.total_seconds()),
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def _same_origin(request: Request) -> bool:
+    """A state-changing POST must come from our own pages (SameSite cookies are the first line)."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin:
+        return True  # non-browser clients send neither; the CSRF token still applies
+    host = request.headers.get("host", "")
+    return urlsplit(origin).netloc == host
+
+
+async def _form(request: Request) -> dict[str, str]:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+        raise PageRefused(415, "forms are sent as application/x-www-form-urlencoded")
+    raw = await request.body()
+    if len(raw) > _MAX_FORM:
+        raise PageRefused(413, "form too large")
+    try:
+        return dict(parse_qsl(raw.decode(), keep_blank_values=True))
+    except UnicodeDecodeError:
+        raise PageRefused(400, "form is not UTF-8") from None
+
+
+def build_router(deps: PageDeps) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+
+    def now() -> datetime:
+        return datetime.now(UTC)
+
+    def live_session(request: Request) -> tuple[sessions.Live, str]:
+        token = request.cookies.get(COOKIE)
+        with unit_of_work(deps.factory) as session:
+            live = sessions.resume(session=session, crypto=deps.crypto, token=token, now=now())
+        if live is None or live.stage != "full" or token is None:
+            raise SignInRequired
+        return live, token
+
+    @router.get("/login")
+    def login_form() -> HTMLResponse:
+        return page("login.html", login="", message=None)
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        if not _same_origin(request):
+            raise PageRefused(403, "cross-site form refused")
+        form = await _form(request)
+        login_name = form.get("login", "")[:254]
+        address = request.client.host if request.client else "unknown"
+
+        def attempt() -> tuple[accounts.LoginResult, str | None]:
+            with unit_of_work(deps.factory) as session:
+                result = accounts.authenticate(
+                    session=session,
+                    crypto=deps.crypto,
+                    hasher=deps.hasher,
+                    login=login_name,
+                    password=form.get("password", "")[:1024],
+                    second_factor=form.get("code", "").strip()[:64] or None,
+                    client_address=address,
+                    now=now(),
+                )
+                token = None
+                if result.status == "ok" and result.actor is not None:
+                    token = sessions.start(session=session, actor=result.actor, stage="full", now=now())
+                return result, token
+
+        # Argon2 and the database run in a worker thread: one sign-in never stalls other requests.
+        result, token = await anyio.to_thread.run_sync(attempt)
+        if result.status == "ok" and token is not None:
+            response = RedirectResponse("/", status_code=303)
+            _set_cookie(response, token)
+            return response
+        if result.status == "second-factor-needed":
+            message, status = "Enter the one-time code from your authenticator app (or a recovery code).", 200
+        elif result.status == "throttled":
+            wait = "later" if result.retry_after == float("inf") else f"in {int(result.retry_after) + 1} seconds"
+            message, status = f"Too many attempts. Try again {wait}, or ask an administrator.", 429
+        else:
+            message, status = "Sign-in failed: check your login name, password and code.", 401
+        return page("login.html", status=status, login=login_name, message=message)
+
+    @router.post("/logout")
+    async def logout(request: Request) -> Response:
+        form = await _form(request)
+
+        def end() -> None:
+            _live, token = live_session(request)
+            if not _same_origin(request) or not sessions.check_csrf(
+                crypto=deps.crypto, token=token, submitted=form.get("csrf")
+            ):
+                raise PageRefused(403, "the form has expired; reload the page and try again")
+            with unit_of_work(deps.factory) as session:
+                sessions.end(session=session, token=token)
+
+        await anyio.to_thread.run_sync(end)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+        return response
+
+    @router.get("/")
+    def home(request: Request) -> HTMLResponse:
+        live, _ = live_session(request)
+        return page("home.html", live=live)
+
+    @router.get("/me/access")
+    def my_access_log(request: Request) -> HTMLResponse:
+        live, _ = live_session(request)
+        patient_id = live.actor.patient_id
+        if live.actor.role != "patient" or not patient_id:
+            raise PageRefused(404, "not found")
+        with unit_of_work(deps.factory) as session:
+            entries = audit_log.for_patient(session=session, crypto=deps.crypto, patient_id=patient_id, limit=200)
+        return page("access.html", live=live, rows=[_row(e, patient_id) for e in entries])
+
+    return router
+
+
+@dataclass(frozen=True)
+class _Row:
+    when: str
+    who: str
+    what: str
+    allowed: bool
+
+
+_INTERACTIONS = {
+    "read": "read a record",
+    "vread": "read a past version",
+    "history": "read the history",
+    "search-type": "searched",
+    "everything": "read the whole record",
+    "create": "added a record",
+    "update": "changed a record",
+    "delete": "deleted a record",
+    "import": "imported records",
+}
+
+
+def _row(entry: audit_log.Logged, patient_id: str) -> _Row:
+    event = entry.event
+    agent = (event.get("agent") or [{}])[0]
+    who_ref = agent.get("who", {})
+    who = str(who_ref.get("reference") or who_ref.get("display") or "an account")
+    if who == f"Patient/{patient_id}":
+        who = "you"
+    elif who == "operator":
+        who = "the operator (administration)"
+    subtype = ((event.get("subtype") or [{}])[0]).get("code", "")
+    return _Row(
+        when=entry.recorded.strftime("%Y-%m-%d %H:%M:%S"),
+        who=who,
+        what=_INTERACTIONS.get(str(subtype), str(subtype)),
+        allowed=event.get("outcome") == "0",
+    )
+
+
+def install(app: Any, deps: PageDeps) -> None:
+    """Routes, static files and the two page-level exception handlers."""
+    app.include_router(build_router(deps))
+    app.mount("/static", StaticFiles(packages=[("medvault.web", "static")]), name="static")
+
+    async def to_sign_in(_request: Request, _exc: Exception) -> Response:
+        return RedirectResponse("/login", status_code=303)
+
+    async def refused(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, PageRefused)
+        return page("base.html", status=exc.status, live=None, message=exc.message)
+
+    app.add_exception_handler(SignInRequired, to_sign_in)
+    app.add_exception_handler(PageRefused, refused)

@@ -1,0 +1,134 @@
+"""Sign-in pages and "who accessed my record" on both backends, through the real app (cookies,
+CSP, CSRF, second factor); the browser-driven flow comes with the rest of the pages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from medvault.auth import accounts, totp
+from medvault.auth.passwords import Hasher
+from medvault.db import unit_of_work
+from medvault.records import service
+from medvault.web.pages import COOKIE, CSP
+from tests.helpers import open_vault
+
+PASSWORD = "a long and private passphrase"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture
+def site(vault_env: Any) -> Any:
+    from medvault.api.app import create_app
+
+    with open_vault(vault_env) as v:
+        pid = service.create(vault=v, resource={"resourceType": "Patient", "gender": "female"}).rid
+        oid = service.create(
+            vault=v,
+            resource={
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "x"},
+                "subject": {"reference": f"Patient/{pid}"},
+            },
+        ).rid
+    with unit_of_work(vault_env.factory) as session:
+        accounts.create_account(
+            session=session,
+            crypto=vault_env.crypto,
+            hasher=Hasher(),
+            login="pat@example.org",
+            password=PASSWORD,
+            role="patient",
+            patient_id=pid,
+            now=datetime.now(UTC),
+        )
+    # https: the session cookie is Secure (and __Host-), so a client only sends it over https.
+    with TestClient(create_app(vault_env.settings), base_url="https://testserver") as client:
+        yield client, vault_env, pid, oid
+
+
+def _login(client: Any, password: str = PASSWORD, code: str = "") -> Any:
+    body = f"login=pat%40example.org&password={password.replace(' ', '+')}&code={code}"
+    return client.post("/login", content=body, headers=FORM, follow_redirects=False)
+
+
+def test_pages_need_a_session(site: Any) -> None:
+    client, *_ = site
+    for path in ("/", "/me/access"):
+        response = client.get(path, follow_redirects=False)
+        assert response.status_code == 303
+        assert response.headers["location"] == "/login"
+    page = client.get("/login")
+    assert page.status_code == 200
+    assert page.headers["content-security-policy"] == CSP
+    assert "<script" not in page.text
+
+
+def test_wrong_password_sets_no_cookie(site: Any) -> None:
+    client, *_ = site
+    response = _login(client, "not the password at all")
+    assert response.status_code == 401
+    assert "Sign-in failed" in response.text
+    assert COOKIE not in response.headers.get("set-cookie", "")
+
+
+def test_sign_in_cookie_flags_and_access_log(site: Any) -> None:
+    client, env, pid, oid = site
+    with open_vault(env) as v:  # the operator reads her Observation: it must show in her log
+        service.read(vault=v, rtype="Observation", rid=oid)
+    response = _login(client)
+    assert response.status_code == 303
+    cookie = response.headers["set-cookie"]
+    for flag in ("HttpOnly", "Secure", "SameSite=strict", "Path=/"):
+        assert flag.lower() in cookie.lower()
+    assert cookie.startswith(f"{COOKIE}=")
+    home = client.get("/")
+    assert home.status_code == 200
+    assert "Who accessed my record" in home.text
+    log = client.get("/me/access")
+    assert log.status_code == 200
+    assert "the operator (administration)" in log.text
+    assert "read a record" in log.text
+    assert pid not in log.text  # the page speaks of "you", never an id
+
+
+def test_logout_needs_the_csrf_token_and_ends_the_session(site: Any) -> None:
+    client, *_ = site
+    assert _login(client).status_code == 303
+    refused = client.post("/logout", content="csrf=forged", headers=FORM, follow_redirects=False)
+    assert refused.status_code == 403
+    assert client.get("/", follow_redirects=False).status_code == 200
+    csrf = client.get("/").text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    cross_site = client.post(
+        "/logout", content=f"csrf={csrf}", headers={**FORM, "Origin": "https://evil.example"}, follow_redirects=False
+    )
+    assert cross_site.status_code == 403
+    done = client.post("/logout", content=f"csrf={csrf}", headers=FORM, follow_redirects=False)
+    assert done.status_code == 303
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_second_factor_when_enrolled(site: Any) -> None:
+    client, env, *_ = site
+    with unit_of_work(env.factory) as session:
+        account_id = next(a.id for a in accounts.list_accounts(session=session, crypto=env.crypto))
+        secret, _uri = accounts.begin_totp(session=session, crypto=env.crypto, account_id=account_id)
+    now = datetime.now(UTC)
+    with unit_of_work(env.factory) as session:
+        accounts.confirm_totp(
+            session=session,
+            crypto=env.crypto,
+            account_id=account_id,
+            code=totp.totp_code(secret=secret, step=totp.time_step(now) - 1),
+            now=now,
+        )
+    asked = _login(client)
+    assert asked.status_code == 200
+    assert "one-time code" in asked.text
+    assert COOKIE not in asked.headers.get("set-cookie", "")
+    code = totp.totp_code(secret=secret, step=totp.time_step(datetime.now(UTC)))
+    assert _login(client, code=code).status_code == 303
