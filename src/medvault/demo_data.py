@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import random
+import secrets
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from medvault.auth import accounts
+from medvault.auth.passwords import Hasher
+from medvault.db import make_engine, make_sessionmaker, unit_of_work
+from medvault.records import guard, service
+from medvault.store.crypto_context import build_crypto
 
 SHARED_SYNTHEA = Path("shared/data/synthea/r4-transaction-bundles")
 
@@ -124,3 +132,37 @@ def _entry(rtype: str, body: dict[str, Any]) -> dict[str, Any]:
         "resource": {"resourceType": rtype, **body},
         "request": {"method": "POST", "url": rtype},
     }
+
+
+DEMO_PATIENT_LOGIN = "patient@demo.medvault.invalid"
+
+
+def ensure_demo_patient_account(settings: Any) -> tuple[str, str | None]:
+    """A patient account for the demo, linked to the first imported Patient. Returns the login
+    name and, when it was made now, its generated passphrase (shown once, stored only as a hash)."""
+    engine = make_engine(settings)
+    try:
+        factory = make_sessionmaker(engine)
+        with factory() as session:
+            crypto = build_crypto(settings, session)
+            if accounts.login_taken(session=session, crypto=crypto, login=DEMO_PATIENT_LOGIN):
+                return DEMO_PATIENT_LOGIN, None
+        with guard.unit_of_work(factory, crypto, guard.OPERATOR_CLI) as vault:
+            found = service.search(vault=vault, rtype="Patient", params=[("_count", "1")])
+        if not found.resources:
+            raise ValueError("no Patient to link the demo account to")
+        password = "-".join(secrets.token_urlsafe(6) for _ in range(4))  # ~140 bits, shown once
+        with unit_of_work(factory) as session:
+            accounts.create_account(
+                session=session,
+                crypto=crypto,
+                hasher=Hasher(),
+                login=DEMO_PATIENT_LOGIN,
+                password=password,
+                role="patient",
+                patient_id=found.resources[0]["id"],
+                now=datetime.now(UTC),
+            )
+        return DEMO_PATIENT_LOGIN, password
+    finally:
+        engine.dispose()

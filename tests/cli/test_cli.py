@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,38 @@ def test_demo_generates_synthetic_patients_without_shared(tmp_path: Path, monkey
     assert "0 rejected" in result.output
     assert "http://127.0.0.1:8000/fhir" in result.output
     assert not any(p.suffix == ".json" for p in data.rglob("*")), "no plaintext copy on disk"
+    # A patient sign-in is printed once, with a generated passphrase that only exists as a hash.
+    assert "patient@demo.medvault.invalid" in result.output
+    password = result.output.split("password  ", 1)[1].split()[0]
+    again = invoke("demo", "--data-dir", str(data), "--no-serve")
+    assert again.exit_code == 0, again.output
+    assert password not in again.output
+    assert "as printed when this data directory was first set up" in again.output
+    from medvault.auth import accounts
+    from medvault.auth.passwords import Hasher
+    from medvault.config import load_settings
+    from medvault.db import make_engine, unit_of_work
+    from medvault.db import make_sessionmaker as sessions_for
+    from medvault.store.crypto_context import build_crypto
+
+    settings = load_settings(data_dir=data, environment="development")
+    engine = make_engine(settings)
+    try:
+        with unit_of_work(sessions_for(engine)) as session:
+            crypto = build_crypto(settings, session)
+            result_ok = accounts.authenticate(
+                session=session,
+                crypto=crypto,
+                hasher=Hasher(),
+                login="patient@demo.medvault.invalid",
+                password=password,
+                second_factor=None,
+                client_address="127.0.0.1",
+                now=datetime.now(UTC),
+            )
+    finally:
+        engine.dispose()
+    assert result_ok.status == "ok"
 
 
 def test_benchmark_switch_refused_outside_benchmarks() -> None:

@@ -331,6 +331,12 @@ def actor_for(*, session: Session, crypto: CryptoContext, account_id: str, sessi
     return _actor(session, crypto, row)
 
 
+def login_taken(*, session: Session, crypto: CryptoContext, login: str) -> bool:
+    return (
+        session.execute(select(Account.id).where(Account.login_index == login_index(crypto, login))).first() is not None
+    )
+
+
 def _row(session: Session, crypto: CryptoContext, login: str) -> Account:
     row = session.execute(select(Account).where(Account.login_index == login_index(crypto, login))).scalar_one_or_none()
     if row is None:

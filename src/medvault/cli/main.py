@@ -492,7 +492,7 @@ def demo(
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the server afterwards.")] = True,
 ) -> None:
     """A ready-to-explore instance: init, import synthetic patients, serve on 127.0.0.1:8000."""
-    from medvault.demo_data import default_source
+    from medvault.demo_data import default_source, ensure_demo_patient_account
     from medvault.store.setup import initialise
 
     settings = settings_for(data_dir, database_url, key_dir)
@@ -514,6 +514,12 @@ def demo(
     )
     console.print(f"operator token (also in {settings.token_path}):\n  {token}")
     console.print(f'try:  curl -H "Authorization: Bearer {token}" "{url}/fhir/Patient?_count=5"')
+    login, password = ensure_demo_patient_account(settings)
+    console.print(f"\npatient sign-in at {url}/login (see who accessed the record):\n  login     {login}")
+    if password:
+        console.print(f"  password  {password}  (shown once; only its hash is stored)", highlight=False)
+    else:
+        console.print("  password  as printed when this data directory was first set up")
     if serve_after:
         _serve(settings, host, port)
 
