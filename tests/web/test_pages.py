@@ -132,3 +132,25 @@ def test_second_factor_when_enrolled(site: Any) -> None:
     assert COOKIE not in asked.headers.get("set-cookie", "")
     code = totp.totp_code(secret=secret, step=totp.time_step(datetime.now(UTC)))
     assert _login(client, code=code).status_code == 303
+
+
+def test_setting_up_an_authenticator(site: Any) -> None:
+    client, *_ = site
+    assert _login(client).status_code == 303
+    setup = client.get("/me/authenticator")
+    assert setup.status_code == 200
+    assert 'src="data:image/svg+xml' in setup.text
+    secret = setup.text.split("Key: <code>", 1)[1].split("<", 1)[0]
+    csrf = setup.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    wrong = client.post("/me/authenticator", content=f"csrf={csrf}&code=000000", headers=FORM)
+    assert wrong.status_code == 400
+    assert f"Key: <code>{secret}<" in wrong.text  # a mistyped code keeps the QR code just scanned
+    code = totp.totp_code(secret=secret, step=totp.time_step(datetime.now(UTC)))
+    done = client.post("/me/authenticator", content=f"csrf={csrf}&code={code}", headers=FORM)
+    assert done.status_code == 200
+    codes = [c.split("</code>")[0] for c in done.text.split("<li><code>")[1:]]
+    assert len(codes) == 10
+    # Turning it on ended every session; the password alone no longer signs in.
+    assert client.get("/", follow_redirects=False).status_code == 303
+    assert "one-time code" in _login(client).text
+    assert _login(client, code=codes[0]).status_code == 303

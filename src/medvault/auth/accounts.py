@@ -344,13 +344,18 @@ def _row(session: Session, crypto: CryptoContext, login: str) -> Account:
     return row
 
 
-def begin_totp(*, session: Session, crypto: CryptoContext, account_id: str) -> tuple[str, str]:
-    """A new TOTP secret, pending until `confirm_totp`; returns (secret, otpauth URI for a QR code)."""
+def begin_totp(
+    *, session: Session, crypto: CryptoContext, account_id: str, keep_pending: bool = False
+) -> tuple[str, str]:
+    """A new TOTP secret, pending until `confirm_totp`; returns (secret, otpauth URI for a QR code).
+    `keep_pending`: show the secret already pending, if any (a mistyped code must not change the QR
+    code the user has just scanned)."""
     row = session.get(Account, account_id)
     if row is None:
         raise AccountNotFound("no such account")
     secret = _secret(session, crypto, row)
-    secret["pending_totp"] = totp.new_secret()
+    if not (keep_pending and secret.get("pending_totp")):
+        secret["pending_totp"] = totp.new_secret()
     row.secret = _seal(session, crypto, row.id, "secret", secret)
     login = _profile(session, crypto, row)["login"]
     uri = totp.provisioning_uri(secret=secret["pending_totp"], account_label=login, issuer=SERVICE_NAME)

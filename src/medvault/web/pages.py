@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio.to_thread
+import segno
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medvault.audit import log as audit_log
 from medvault.auth import accounts, sessions
+from medvault.auth.errors import TotpRejected
 from medvault.auth.passwords import Hasher
 from medvault.db import unit_of_work
 from medvault.store.crypto_context import CryptoContext
@@ -178,6 +180,60 @@ def build_router(deps: PageDeps) -> APIRouter:
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
         return response
+
+    def authenticator_page(live: sessions.Live, *, message: str | None = None, status: int = 200) -> HTMLResponse:
+        if live.actor.mfa_enrolled:
+            return page("authenticator.html", live=live, enrolled=True, codes=None, message=message)
+        with unit_of_work(deps.factory) as session:
+            secret, uri = accounts.begin_totp(
+                session=session, crypto=deps.crypto, account_id=live.actor.account_id, keep_pending=True
+            )
+        qr = segno.make(uri, error="m").svg_data_uri(scale=4)
+        return page(
+            "authenticator.html",
+            status=status,
+            live=live,
+            enrolled=False,
+            codes=None,
+            qr=qr,
+            secret=secret,
+            message=message,
+        )
+
+    @router.get("/me/authenticator")
+    def authenticator(request: Request) -> HTMLResponse:
+        live, _ = live_session(request)
+        return authenticator_page(live)
+
+    @router.post("/me/authenticator")
+    async def confirm_authenticator(request: Request) -> Response:
+        form = await _form(request)
+
+        def confirm() -> Response:
+            live, token = live_session(request)
+            if not _same_origin(request) or not sessions.check_csrf(
+                crypto=deps.crypto, token=token, submitted=form.get("csrf")
+            ):
+                raise PageRefused(403, "the form has expired; reload the page and try again")
+            if live.actor.mfa_enrolled:
+                return authenticator_page(live)
+            try:
+                with unit_of_work(deps.factory) as session:
+                    codes = accounts.confirm_totp(
+                        session=session,
+                        crypto=deps.crypto,
+                        account_id=live.actor.account_id,
+                        code=form.get("code", "")[:16],
+                        now=now(),
+                    )
+            except TotpRejected:
+                return authenticator_page(live, message="That code was not accepted; try the next one.", status=400)
+            # Turning a second factor on ends every session of the account, this one included.
+            response = page("authenticator.html", live=None, codes=codes, enrolled=True)
+            response.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+            return response
+
+        return await anyio.to_thread.run_sync(confirm)
 
     @router.get("/")
     def home(request: Request) -> HTMLResponse:
