@@ -154,3 +154,46 @@ def test_setting_up_an_authenticator(site: Any) -> None:
     assert client.get("/", follow_redirects=False).status_code == 303
     assert "one-time code" in _login(client).text
     assert _login(client, code=codes[0]).status_code == 303
+
+
+def test_sharing_grant_then_revoke(site: Any) -> None:
+    from medvault.access.consent import grant_from_consent
+    from medvault.auth.accounts import Actor
+    from medvault.records import guard
+    from medvault.records.errors import NotFound
+
+    client, env, pid, oid = site
+    with open_vault(env) as v:
+        dr = service.create(
+            vault=v, resource={"resourceType": "Practitioner", "name": [{"family": "Osler", "given": ["William"]}]}
+        ).rid
+    assert _login(client).status_code == 303
+    sharing = client.get("/me/sharing")
+    assert "William Osler" in sharing.text
+    csrf = sharing.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    made = client.post(
+        "/me/sharing",
+        content=f"csrf={csrf}&practitioner={dr}&sensitive=hiv&until=2099-12-31",
+        headers=FORM,
+        follow_redirects=False,
+    )
+    assert made.status_code == 303
+    doctor = Actor(account_id="d", role="clinician", practitioner_id=dr, mfa_enrolled=True)
+    caller = guard.Caller(actor=doctor, via="page")
+    with guard.unit_of_work(env.factory, env.crypto, caller) as v:
+        assert service.read(vault=v, rtype="Observation", rid=oid)["id"] == oid
+    with open_vault(env) as v:
+        (consent,) = service.search(vault=v, rtype="Consent", params=[("patient", pid)]).resources
+    grant = grant_from_consent(consent)
+    assert grant is not None
+    assert grant.sensitive == frozenset({"hiv"})
+    page_text = client.get("/me/sharing").text
+    assert "shared" in page_text
+    revoked = client.post(
+        "/me/sharing/revoke", content=f"csrf={csrf}&consent={consent['id']}", headers=FORM, follow_redirects=False
+    )
+    assert revoked.status_code == 303
+    with pytest.raises(NotFound), guard.unit_of_work(env.factory, env.crypto, caller) as v:
+        service.read(vault=v, rtype="Observation", rid=oid)  # the very next request is refused
+    forged = client.post("/me/sharing", content=f"csrf=nope&practitioner={dr}", headers=FORM)
+    assert forged.status_code == 403

@@ -22,11 +22,14 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy.orm import Session, sessionmaker
 
+from medvault.access.consent import consent_resource, grant_from_consent, revoked
 from medvault.audit import log as audit_log
 from medvault.auth import accounts, sessions
 from medvault.auth.errors import TotpRejected
 from medvault.auth.passwords import Hasher
 from medvault.db import unit_of_work
+from medvault.fhir.types import is_fhir_id
+from medvault.records import guard, service
 from medvault.store.crypto_context import CryptoContext
 
 COOKIE = "__Host-medvault"
@@ -235,6 +238,112 @@ def build_router(deps: PageDeps) -> APIRouter:
 
         return await anyio.to_thread.run_sync(confirm)
 
+    def as_patient(request: Request) -> tuple[sessions.Live, str, str, guard.Caller]:
+        live, token = live_session(request)
+        if live.actor.role != "patient" or not live.actor.patient_id:
+            raise PageRefused(404, "not found")
+        caller = guard.Caller(actor=live.actor, via="page", address=request.client.host if request.client else None)
+        return live, token, live.actor.patient_id, caller
+
+    def sharing_page(request: Request, *, message: str | None = None, status: int = 200) -> HTMLResponse:
+        live, _token, patient_id, caller = as_patient(request)
+        with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
+            consents = service.search(
+                vault=vault, rtype="Consent", params=[("patient", patient_id), ("_count", "200")]
+            ).resources
+            practitioners = service.search(vault=vault, rtype="Practitioner", params=[("_count", "200")]).resources
+        grants = []
+        for consent in consents:
+            grant = grant_from_consent(consent)
+            if grant is None:
+                continue
+            grants.append(
+                {
+                    "id": grant.consent_id,
+                    "who": _practitioner_name(practitioners, grant.grantee),
+                    "what": "whole record"
+                    + ("" if not grant.sensitive else " incl. " + ", ".join(sorted(grant.sensitive))),
+                    "until": grant.end.date().isoformat() if grant.end else "revoked" if not grant.active else "-",
+                    "active": grant.active,
+                }
+            )
+        choices = sorted(
+            ({"id": p["id"], "name": _practitioner_name([p], f"Practitioner/{p['id']}")} for p in practitioners),
+            key=lambda p: p["name"],
+        )
+        return page(
+            "sharing.html",
+            status=status,
+            live=live,
+            grants=grants,
+            practitioners=choices,
+            sensitive=SENSITIVE_CHOICES,
+            message=message,
+        )
+
+    def checked_form(request: Request, form: dict[str, str], token: str) -> None:
+        if not _same_origin(request) or not sessions.check_csrf(
+            crypto=deps.crypto, token=token, submitted=form.get("csrf")
+        ):
+            raise PageRefused(403, "the form has expired; reload the page and try again")
+
+    @router.get("/me/sharing")
+    def sharing(request: Request) -> HTMLResponse:
+        return sharing_page(request)
+
+    @router.post("/me/sharing")
+    async def share(request: Request) -> Response:
+        raw = (await request.body()).decode(errors="replace")
+        form = await _form(request)
+        tags = frozenset(v for k, v in parse_qsl(raw) if k == "sensitive") & {t for t, _ in SENSITIVE_CHOICES}
+
+        def grant() -> Response:
+            _live, token, patient_id, caller = as_patient(request)
+            checked_form(request, form, token)
+            until = form.get("until", "").strip()
+            try:
+                end = (
+                    datetime.fromisoformat(until).replace(hour=23, minute=59, second=59, tzinfo=UTC) if until else None
+                )
+            except ValueError:
+                return sharing_page(request, message="The end date is not a date.", status=400)
+            practitioner = form.get("practitioner", "")
+            if not is_fhir_id(practitioner):
+                return sharing_page(request, message="Choose a clinician.", status=400)
+            consent = consent_resource(
+                patient_id=patient_id,
+                grantee=f"Practitioner/{practitioner}",
+                resource_types=None,
+                sensitive=frozenset(tags),
+                start=None,
+                end=end,
+                now=now(),
+            )
+            with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
+                service.read(vault=vault, rtype="Practitioner", rid=practitioner)  # must exist
+                service.create(vault=vault, resource=consent)
+            return RedirectResponse("/me/sharing", status_code=303)
+
+        return await anyio.to_thread.run_sync(grant)
+
+    @router.post("/me/sharing/revoke")
+    async def revoke(request: Request) -> Response:
+        form = await _form(request)
+
+        def withdraw() -> Response:
+            _live, token, _patient_id, caller = as_patient(request)
+            checked_form(request, form, token)
+            consent_id = form.get("consent", "")
+            if not is_fhir_id(consent_id):
+                raise PageRefused(404, "not found")
+            # The guard decides: a patient may change only Consents in their own compartment.
+            with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
+                current = service.read(vault=vault, rtype="Consent", rid=consent_id)
+                service.update(vault=vault, rtype="Consent", rid=consent_id, resource=revoked(current))
+            return RedirectResponse("/me/sharing", status_code=303)
+
+        return await anyio.to_thread.run_sync(withdraw)
+
     @router.get("/")
     def home(request: Request) -> HTMLResponse:
         live, _ = live_session(request)
@@ -251,6 +360,28 @@ def build_router(deps: PageDeps) -> APIRouter:
         return page("access.html", live=live, rows=[_row(e, patient_id) for e in entries])
 
     return router
+
+
+SENSITIVE_CHOICES: tuple[tuple[str, str], ...] = (
+    ("mental-health", "Mental health"),
+    ("substance-use", "Alcohol and drug use"),
+    ("hiv", "HIV"),
+    ("sexual-reproductive", "Sexual and reproductive health"),
+    ("genetics", "Genetics"),
+    ("restricted", "Anything marked restricted"),
+)
+
+
+def _practitioner_name(practitioners: list[dict[str, Any]], reference: str) -> str:
+    for p in practitioners:
+        if f"Practitioner/{p.get('id')}" == reference:
+            for name in p.get("name") or []:
+                parts = [*name.get("prefix", []), *name.get("given", []), name.get("family", "")]
+                text = name.get("text") or " ".join(x for x in parts if x)
+                if text:
+                    return str(text)
+            return reference
+    return reference
 
 
 @dataclass(frozen=True)
