@@ -271,3 +271,45 @@ def test_any_read_of_a_decoy_raises_an_alert_even_when_refused(world: World, cap
     assert [a.kind for a in raised] == ["honeytoken", "honeytoken"]
     assert decoy not in caplog.text
     assert "honeytoken" in caplog.text
+
+
+@pytest.mark.parametrize("who", ["bob", "dr2", "researcher"])
+def test_every_miss_looks_the_same_to_a_stranger(world: World, who: str) -> None:
+    """Review findings: DELETE answered 204 for a missing id but 404 for a hidden one, PUT created
+    at a missing id, and vread of a missing version said 'has no version'."""
+    actor = actors(world)[who]
+
+    def message(call: Callable[[Vault], Any]) -> str:
+        with pytest.raises(NotFound) as info, acting(world.env, actor) as v:
+            call(v)
+        return str(info.value)
+
+    for rid in (world.obs, "no-such-observation"):
+        msgs = {
+            message(lambda v, r=rid: service.delete(vault=v, rtype="Observation", rid=r)),
+            message(lambda v, r=rid: service.vread(vault=v, rtype="Observation", rid=r, version=99)),
+            message(
+                lambda v, r=rid: service.update(
+                    vault=v, rtype="Observation", rid=r, resource=_obs(world.bob) | {"id": r}
+                )
+            ),
+        }
+        assert msgs == {f"Observation/{rid} is not known"}
+
+
+def test_resources_without_a_known_patient_link_are_not_shared(world: World) -> None:
+    with open_vault(world.env) as v:
+        appt = service.create(
+            vault=v,
+            resource={
+                "resourceType": "Appointment",
+                "status": "booked",
+                "description": "HIV clinic follow-up",
+                "participant": [{"actor": {"reference": f"Patient/{world.alice}"}, "status": "accepted"}],
+            },
+        ).rid
+    for who in ("bob", "researcher", "dr1"):
+        with pytest.raises(Hidden), acting(world.env, actors(world)[who]) as v:
+            service.read(vault=v, rtype="Appointment", rid=appt)
+    with acting(world.env, actors(world)["bob"]) as v:  # directories stay readable
+        assert service.read(vault=v, rtype="Practitioner", rid=world.dr1)["id"] == world.dr1

@@ -197,3 +197,26 @@ def test_sharing_grant_then_revoke(site: Any) -> None:
         service.read(vault=v, rtype="Observation", rid=oid)  # the very next request is refused
     forged = client.post("/me/sharing", content=f"csrf=nope&practitioner={dr}", headers=FORM)
     assert forged.status_code == 403
+
+
+def test_a_role_that_needs_a_second_factor_can_only_set_one_up(site: Any) -> None:
+    client, env, *_ = site
+    with open_vault(env) as v:
+        dr = service.create(vault=v, resource={"resourceType": "Practitioner", "active": True}).rid
+    with unit_of_work(env.factory) as session:
+        accounts.create_account(
+            session=session,
+            crypto=env.crypto,
+            hasher=Hasher(),
+            login="dr@example.org",
+            password="clinician passphrase",
+            role="clinician",
+            practitioner_id=dr,
+            now=datetime.now(UTC),
+        )
+    body = "login=dr%40example.org&password=clinician+passphrase&code="
+    signed = client.post("/login", content=body, headers=FORM, follow_redirects=False)
+    assert signed.status_code == 303
+    assert signed.headers["location"] == "/me/authenticator"
+    assert client.get("/", follow_redirects=False).status_code == 303  # nothing else until enrolled
+    assert "Scan this code" in client.get("/me/authenticator").text

@@ -44,6 +44,34 @@ if TYPE_CHECKING:
 
 Action = Literal["read", "search", "write", "delete"]
 READ_ACTIONS: Final[frozenset[str]] = frozenset({"read", "search"})
+# Resources outside any patient compartment that every signed-in actor may read: directories and
+# definitions. An allow-list: any other type without a recognised patient link is refused.
+SHARED_TYPES: Final[frozenset[str]] = frozenset(
+    {
+        "Practitioner",
+        "PractitionerRole",
+        "Organization",
+        "OrganizationAffiliation",
+        "Location",
+        "HealthcareService",
+        "Endpoint",
+        "Medication",
+        "Substance",
+        "ValueSet",
+        "CodeSystem",
+        "ConceptMap",
+        "NamingSystem",
+        "StructureDefinition",
+        "CapabilityStatement",
+        "OperationDefinition",
+        "SearchParameter",
+        "Questionnaire",
+        "PlanDefinition",
+        "ActivityDefinition",
+        "Library",
+        "Measure",
+    }
+)
 # What a patient may create, change or delete in their own compartment: their consent grants only.
 PATIENT_AUTHORED_TYPES: Final[frozenset[str]] = frozenset({"Consent"})
 
@@ -65,6 +93,7 @@ Reason = Literal[
     "sensitive-label-not-granted",
     "grant",
     "role-without-clinical-access",
+    "unlinked-resource",
 ]
 
 
@@ -109,6 +138,11 @@ def decide(
     """
     require_aware(now, what="now")
     if patient_id is None:
+        if resource_type not in SHARED_TYPES:
+            # No recognised patient link, but not a directory or definition type either (an
+            # Appointment, a Provenance, a stored document Bundle...): it may well be about a
+            # patient, so nobody but the operator sees it until its compartment is known.
+            return _deny("unlinked-resource", hide=True)
         return _shared(actor, action)
     if actor.role == "patient":
         return _patient(actor, action, patient_id, resource_type)

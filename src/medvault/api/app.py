@@ -19,6 +19,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette._utils import get_route_path
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
@@ -204,10 +205,9 @@ def _is_fhir(route: str) -> bool:
 
 
 def _route_path(scope: Scope) -> str:
-    """The path the router matches: the request path without the root_path prefix (as Starlette)."""
-    path = str(scope.get("path", ""))
-    root = str(scope.get("root_path", ""))
-    return path[len(root) :] if root and path.startswith(root) else path
+    """The path the router matches: Starlette's own computation (a look-alike differed for a
+    root_path that is a prefix of "/fhir", such as "/fh", and let /fhir through untokened)."""
+    return get_route_path(scope)
 
 
 def _loggable_path(scope: Scope) -> str:

@@ -21,6 +21,8 @@ from typing import Any, Literal, get_args
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -160,7 +162,17 @@ def _actor(session: Session, crypto: CryptoContext, row: Account) -> Actor:
 
 
 def _load_throttle(session: Session, key: bytes) -> ThrottleState:
-    row = session.get(LoginThrottle, key, with_for_update=True)
+    # Make sure the row exists, then lock it: concurrent attempts on a name (or from an address)
+    # that never failed before would otherwise all pass the check and overwrite each other's counts.
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        ins = pg_insert if dialect == "postgresql" else sqlite_insert
+        session.execute(
+            ins(LoginThrottle)
+            .values(key=key, failures=0, last_failure=None, locked=False)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+    row = session.get(LoginThrottle, key, with_for_update=True, populate_existing=True)
     if row is None:
         return ThrottleState()
     return ThrottleState(failures=row.failures, last_failure=row.last_failure, locked=row.locked)
@@ -276,7 +288,10 @@ def authenticate(
     if blocked:
         return LoginResult("throttled", retry_after=max(g.retry_after for g in blocked))
 
-    row = session.execute(select(Account).where(Account.login_index == login_index(crypto, login))).scalar_one_or_none()
+    # Locked: two concurrent sign-ins with the same one-time code must not both see it unused.
+    row = session.execute(
+        select(Account).where(Account.login_index == login_index(crypto, login)).with_for_update()
+    ).scalar_one_or_none()
     ok = False
     with _hash_slots:
         if row is None or row.disabled:

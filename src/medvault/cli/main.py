@@ -210,7 +210,16 @@ def _serve(settings: Settings, host: str, port: int) -> None:
 
     application = create_app(settings)
     # access_log off: uvicorn's access log prints query strings, which can hold names or birth dates.
-    uvicorn.run(application, host=host, port=port, access_log=False, log_level="warning")
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="warning",
+        # Client addresses feed sign-in throttling and the access log: never take them from
+        # X-Forwarded-For unless a trusted proxy is configured (not yet an option).
+        proxy_headers=False,
+    )
 
 
 @keys_app.command("rotate")

@@ -155,11 +155,18 @@ def allow(
     caller = caller_of(vault)
     if caller.actor is None and caller.via == "import":
         return  # bulk import by the operator: the importer logs one entry per file, not per resource
-    decision = decision_for(vault, action=action, resource=resource, now=now)
-    if before is not None and decision.allowed:
+    # For a change, what is there is judged first: judging the new content first would answer
+    # a stranger differently for an existing record than for a missing one (403 against 404).
+    # A refusal for what is there belongs to that record's patient (they must see the attempt,
+    # and a decoy's alert must fire), not to the new content's.
+    decision = None
+    if before is not None:
         decision = decision_for(vault, action=action, resource=before, now=now)
+        patient_id = fs.patient_reference(before)
+    if decision is None or decision.allowed:
+        decision = decision_for(vault, action=action, resource=resource, now=now)
+        patient_id = fs.patient_reference(resource)
     rtype, rid = str(resource.get("resourceType", "")), str(resource.get("id", ""))
-    patient_id = fs.patient_reference(resource)
     if decision.allowed:
         record(
             vault,

@@ -134,6 +134,10 @@ def update(
         raise BadRequest("resource id must match the id in the URL", location=f"{rtype}.id")
     head = get_head(vault, rtype, rid, for_update=True)
     before = None
+    if (head is None or head.deleted) and guard.caller_of(vault).actor is not None:
+        # Update-as-create with a client-chosen id is the operator's (imports); for an actor a
+        # 201 here against a 404 for a hidden record would reveal which ids exist.
+        raise NotFound(f"{rtype}/{rid} is not known")
     if head is not None and not head.deleted and guard.caller_of(vault).actor is not None:
         # A change must be allowed on what is there (it may belong to another patient) and on
         # what it becomes. The operator is allowed both, so its imports skip this extra read.
@@ -169,10 +173,10 @@ def _same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _disclose(vault: Vault, rtype: str, rid: str, version: int | None, interaction: str) -> dict[str, Any]:
     try:
         doc = read_version(vault, rtype, rid, version)
-    except Gone:
+    except (Gone, NotFound):
         if guard.caller_of(vault).actor is not None:
-            # Whose record it was is not known from a deletion: to anyone but the operator, a
-            # deleted record is as missing as one that never existed.
+            # One answer for every miss: a deleted record, or a version that does not exist of a
+            # record the caller may not know about, is as missing as an id that never existed.
             raise NotFound(f"{rtype}/{rid} is not known") from None
         raise
     guard.allow(vault, action="read", resource=doc, interaction=interaction)
@@ -200,6 +204,10 @@ def delete(*, vault: Vault, rtype: str, rid: str) -> int | None:
     _check_existing_id(rtype, rid)
     head = get_head(vault, rtype, rid, for_update=True)
     if head is None or head.deleted:
+        if guard.caller_of(vault).actor is not None:
+            # 204 for nothing there, 404 for a hidden record would tell a stranger which ids
+            # exist: to an actor, deleting what is not there is the same not-found.
+            raise NotFound(f"{rtype}/{rid} is not known")
         return None
     guard.allow(vault, action="delete", resource=read_version(vault, rtype, rid), interaction="delete")
     version, _ = store_version(vault, rtype=rtype, rid=rid, doc=None, method="DELETE", head=head)
@@ -300,7 +308,7 @@ def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
     """The patient's compartment plus the practitioners/organizations/locations it references."""
     _check_existing_id("Patient", patient_id)
     head = get_head(vault, "Patient", patient_id)
-    if head is None:
+    if head is None or (head.deleted and guard.caller_of(vault).actor is not None):
         raise NotFound(f"Patient/{patient_id} is not known")
     if head.deleted:
         raise Gone(f"Patient/{patient_id} was deleted")

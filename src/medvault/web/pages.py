@@ -114,11 +114,12 @@ def build_router(deps: PageDeps) -> APIRouter:
     def now() -> datetime:
         return datetime.now(UTC)
 
-    def live_session(request: Request) -> tuple[sessions.Live, str]:
+    def live_session(request: Request, *, enrolling: bool = False) -> tuple[sessions.Live, str]:
         token = request.cookies.get(COOKIE)
         with unit_of_work(deps.factory) as session:
             live = sessions.resume(session=session, crypto=deps.crypto, token=token, now=now())
-        if live is None or live.stage != "full" or token is None:
+        allowed = ("full", "enrol") if enrolling else ("full",)
+        if live is None or live.stage not in allowed or token is None:
             raise SignInRequired
         return live, token
 
@@ -148,13 +149,17 @@ def build_router(deps: PageDeps) -> APIRouter:
                 )
                 token = None
                 if result.status == "ok" and result.actor is not None:
-                    token = sessions.start(session=session, actor=result.actor, stage="full", now=now())
+                    # A role that must have a second factor and has none yet gets a session that
+                    # can only set one up (NIST AAL2 before any record or admin page).
+                    stage: sessions.Stage = "enrol" if result.actor.needs_mfa_enrolment else "full"
+                    token = sessions.start(session=session, actor=result.actor, stage=stage, now=now())
                 return result, token
 
         # Argon2 and the database run in a worker thread: one sign-in never stalls other requests.
         result, token = await anyio.to_thread.run_sync(attempt)
         if result.status == "ok" and token is not None:
-            response = RedirectResponse("/", status_code=303)
+            target = "/me/authenticator" if result.actor and result.actor.needs_mfa_enrolment else "/"
+            response = RedirectResponse(target, status_code=303)
             _set_cookie(response, token)
             return response
         if result.status == "second-factor-needed":
@@ -177,7 +182,8 @@ def build_router(deps: PageDeps) -> APIRouter:
             ):
                 raise PageRefused(403, "the form has expired; reload the page and try again")
             with unit_of_work(deps.factory) as session:
-                sessions.end(session=session, token=token)
+                # Signing out ends every session of the account (a forgotten tab elsewhere too).
+                sessions.end_all(session=session, account_id=_live.actor.account_id)
 
         await anyio.to_thread.run_sync(end)
         response = RedirectResponse("/login", status_code=303)
@@ -205,7 +211,7 @@ def build_router(deps: PageDeps) -> APIRouter:
 
     @router.get("/me/authenticator")
     def authenticator(request: Request) -> HTMLResponse:
-        live, _ = live_session(request)
+        live, _ = live_session(request, enrolling=True)
         return authenticator_page(live)
 
     @router.post("/me/authenticator")
@@ -213,7 +219,7 @@ def build_router(deps: PageDeps) -> APIRouter:
         form = await _form(request)
 
         def confirm() -> Response:
-            live, token = live_session(request)
+            live, token = live_session(request, enrolling=True)
             if not _same_origin(request) or not sessions.check_csrf(
                 crypto=deps.crypto, token=token, submitted=form.get("csrf")
             ):
@@ -414,6 +420,8 @@ def _row(entry: audit_log.Logged, patient_id: str) -> _Row:
         who = "you"
     elif who == "operator":
         who = "the operator (administration)"
+    elif who.startswith("Patient/"):
+        who = "another patient's account"  # never another patient's id
     subtype = ((event.get("subtype") or [{}])[0]).get("code", "")
     return _Row(
         when=entry.recorded.strftime("%Y-%m-%d %H:%M:%S"),
