@@ -313,3 +313,19 @@ def test_resources_without_a_known_patient_link_are_not_shared(world: World) -> 
             service.read(vault=v, rtype="Appointment", rid=appt)
     with acting(world.env, actors(world)["bob"]) as v:  # directories stay readable
         assert service.read(vault=v, rtype="Practitioner", rid=world.dr1)["id"] == world.dr1
+
+
+def test_a_miss_is_logged_like_a_refusal(world: World) -> None:
+    """Same work, same log for a missing record as for a hidden one: timing tells nothing either."""
+
+    def log_size() -> int:
+        with world.env.factory() as session:
+            return audit_log.size(session=session)
+
+    before = log_size()
+    with pytest.raises(NotFound), acting(world.env, clinician(world.dr2)) as v:
+        service.read(vault=v, rtype="Observation", rid="no-such-observation")
+    assert log_size() == before + 1
+    with pytest.raises(NotFound), acting(world.env, clinician(world.dr2)) as v:
+        service.read(vault=v, rtype="Observation", rid=world.obs)
+    assert log_size() == before + 2

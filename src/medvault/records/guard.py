@@ -232,6 +232,17 @@ class Visibility:
             )
 
 
+def missing(vault: Vault, *, rtype: str, rid: str, action: Action, interaction: str) -> NotFound:
+    """The not-found for a record that is not there. For an actor it is logged like a refusal:
+    an access attempt the patient-less log keeps, and the same work (roll back, log, commit) as
+    refusing a hidden record, so the two cannot be told apart by their timing either."""
+    if caller_of(vault).actor is None:
+        return NotFound(f"{rtype}/{rid} is not known")
+    exc = Hidden(f"{rtype}/{rid} is not known")
+    exc.refusal = _Refusal(action, interaction, None, (f"{rtype}/{rid}",), "not-found")
+    return exc
+
+
 def record_refusal(vault: Vault, exc: BaseException) -> bool:
     """Log a refusal carried by `exc` (after its unit of work or savepoint was rolled back)."""
     refusal = refusal_of(exc)

@@ -137,7 +137,7 @@ def update(
     if (head is None or head.deleted) and guard.caller_of(vault).actor is not None:
         # Update-as-create with a client-chosen id is the operator's (imports); for an actor a
         # 201 here against a 404 for a hidden record would reveal which ids exist.
-        raise NotFound(f"{rtype}/{rid} is not known")
+        raise guard.missing(vault, rtype=rtype, rid=rid, action="write", interaction="update")
     if head is not None and not head.deleted and guard.caller_of(vault).actor is not None:
         # A change must be allowed on what is there (it may belong to another patient) and on
         # what it becomes. The operator is allowed both, so its imports skip this extra read.
@@ -177,7 +177,7 @@ def _disclose(vault: Vault, rtype: str, rid: str, version: int | None, interacti
         if guard.caller_of(vault).actor is not None:
             # One answer for every miss: a deleted record, or a version that does not exist of a
             # record the caller may not know about, is as missing as an id that never existed.
-            raise NotFound(f"{rtype}/{rid} is not known") from None
+            raise guard.missing(vault, rtype=rtype, rid=rid, action="read", interaction=interaction) from None
         raise
     guard.allow(vault, action="read", resource=doc, interaction=interaction)
     return doc
@@ -207,7 +207,7 @@ def delete(*, vault: Vault, rtype: str, rid: str) -> int | None:
         if guard.caller_of(vault).actor is not None:
             # 204 for nothing there, 404 for a hidden record would tell a stranger which ids
             # exist: to an actor, deleting what is not there is the same not-found.
-            raise NotFound(f"{rtype}/{rid} is not known")
+            raise guard.missing(vault, rtype=rtype, rid=rid, action="delete", interaction="delete")
         return None
     guard.allow(vault, action="delete", resource=read_version(vault, rtype, rid), interaction="delete")
     version, _ = store_version(vault, rtype=rtype, rid=rid, doc=None, method="DELETE", head=head)
@@ -225,7 +225,7 @@ def history(
         _check_existing_id(rtype, rid)
         conds.append(ResourceVersion.rid == rid)
         if get_head(vault, rtype, rid) is None:
-            raise NotFound(f"{rtype}/{rid} is not known")
+            raise guard.missing(vault, rtype=rtype, rid=rid, action="read", interaction="history")
     if guard.caller_of(vault).actor is not None:
         if rid is not None:
             latest = vault.session.execute(
@@ -235,7 +235,7 @@ def history(
                 .limit(1)
             ).scalar_one_or_none()
             if latest is None:
-                raise NotFound(f"{rtype}/{rid} is not known")
+                raise guard.missing(vault, rtype=rtype, rid=rid, action="read", interaction="history")
             # Asking for one record's history is asking for the record: refused as a read is.
             guard.allow(vault, action="read", resource=open_version(vault, latest), interaction="history")
         return _history_for_actor(vault, conds, count=count, offset=offset)
@@ -309,7 +309,7 @@ def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
     _check_existing_id("Patient", patient_id)
     head = get_head(vault, "Patient", patient_id)
     if head is None or (head.deleted and guard.caller_of(vault).actor is not None):
-        raise NotFound(f"Patient/{patient_id} is not known")
+        raise guard.missing(vault, rtype="Patient", rid=patient_id, action="read", interaction="everything")
     if head.deleted:
         raise Gone(f"Patient/{patient_id} was deleted")
     link = vault.crypto.indexer.pseudonym(patient_id)
@@ -324,7 +324,7 @@ def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
     docs = load_current(vault, keys)
     patient = docs.get(("Patient", patient_id))
     if patient is None:
-        raise NotFound(f"Patient/{patient_id} is not known")
+        raise guard.missing(vault, rtype="Patient", rid=patient_id, action="read", interaction="everything")
     # The Patient decides whether the caller may ask at all (a stranger gets the missing answer);
     # then each record of the compartment is shown or withheld on its own (sensitive labels).
     guard.allow(vault, action="read", resource=patient, interaction="everything")
