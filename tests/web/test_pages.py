@@ -220,3 +220,19 @@ def test_a_role_that_needs_a_second_factor_can_only_set_one_up(site: Any) -> Non
     assert signed.headers["location"] == "/me/authenticator"
     assert client.get("/", follow_redirects=False).status_code == 303  # nothing else until enrolled
     assert "Scan this code" in client.get("/me/authenticator").text
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("testclient", "testclient"),
+    ],
+)
+def test_throttle_counts_ipv6_per_64(host: str, key: str) -> None:
+    from medvault.web.pages import throttle_address
+
+    assert throttle_address(host) == key

@@ -9,6 +9,7 @@ The pages are a face: they call the auth and audit services and never touch tabl
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -87,6 +88,20 @@ def _set_cookie(response: Response, token: str) -> None:
     )
 
 
+def throttle_address(host: str) -> str:
+    """The key sign-in throttling counts per address: an IPv6 client usually holds a whole /64,
+    so it is counted per /64 (per /128 it could spray guesses from 2**64 addresses)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def _same_origin(request: Request) -> bool:
     """A state-changing POST must come from our own pages (SameSite cookies are the first line)."""
     origin = request.headers.get("origin") or request.headers.get("referer")
@@ -133,7 +148,7 @@ def build_router(deps: PageDeps) -> APIRouter:
             raise PageRefused(403, "cross-site form refused")
         form = await _form(request)
         login_name = form.get("login", "")[:254]
-        address = request.client.host if request.client else "unknown"
+        address = throttle_address(request.client.host if request.client else "unknown")
 
         def attempt() -> tuple[accounts.LoginResult, str | None]:
             with unit_of_work(deps.factory) as session:
