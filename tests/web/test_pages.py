@@ -236,3 +236,27 @@ def test_throttle_counts_ipv6_per_64(host: str, key: str) -> None:
     from medvault.web.pages import throttle_address
 
     assert throttle_address(host) == key
+
+
+def test_my_record_is_a_readable_timeline(site: Any) -> None:
+    client, env, pid, _oid = site
+    with open_vault(env) as v:
+        service.create(
+            vault=v,
+            resource={
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2", "display": "Body height"}]},
+                "subject": {"reference": f"Patient/{pid}"},
+                "effectiveDateTime": "2024-03-05T10:00:00Z",
+                "valueQuantity": {"value": 172, "unit": "cm"},
+            },
+        )
+    assert _login(client).status_code == 303
+    record = client.get("/me/record")
+    assert record.status_code == 200
+    assert "2024-03-05" in record.text
+    assert "Body height: 172 cm" in record.text
+    assert '"resourceType"' not in record.text  # readable, not raw JSON
+    log = client.get("/me/access").text
+    assert "read the whole record" in log  # her own view is in her access log too

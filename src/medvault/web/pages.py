@@ -365,6 +365,16 @@ def build_router(deps: PageDeps) -> APIRouter:
 
         return await anyio.to_thread.run_sync(withdraw)
 
+    @router.get("/me/record")
+    def my_record(request: Request) -> HTMLResponse:
+        _live, _token, patient_id, caller = as_patient(request)
+        with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
+            docs = service.everything(vault=vault, patient_id=patient_id)
+        items = sorted((i for i in map(_timeline_item, docs) if i is not None), key=lambda i: i.when, reverse=True)
+        return page(
+            "record.html", live=_live, items=items[:TIMELINE_LIMIT], total=len(items), more=len(items) > TIMELINE_LIMIT
+        )
+
     @router.get("/")
     def home(request: Request) -> HTMLResponse:
         live, _ = live_session(request)
@@ -403,6 +413,66 @@ def _practitioner_name(practitioners: list[dict[str, Any]], reference: str) -> s
                     return str(text)
             return reference
     return reference
+
+
+TIMELINE_LIMIT = 300
+# What a person reads on a timeline, per type: a label and the elements that date it.
+_TIMELINE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Encounter": ("Visit", ("period.start",)),
+    "Condition": ("Condition", ("onsetDateTime", "recordedDate")),
+    "Observation": ("Result", ("effectiveDateTime", "issued")),
+    "Procedure": ("Procedure", ("performedDateTime", "performedPeriod.start")),
+    "MedicationRequest": ("Medication", ("authoredOn",)),
+    "MedicationStatement": ("Medication", ("effectiveDateTime", "dateAsserted")),
+    "Immunization": ("Vaccination", ("occurrenceDateTime",)),
+    "AllergyIntolerance": ("Allergy", ("recordedDate", "onsetDateTime")),
+    "DiagnosticReport": ("Report", ("effectiveDateTime", "issued")),
+    "CarePlan": ("Care plan", ("period.start",)),
+}
+
+
+@dataclass(frozen=True)
+class _Item:
+    when: str
+    kind: str
+    text: str
+
+
+def _dig(doc: Any, path: str) -> Any:
+    for part in path.split("."):
+        doc = doc.get(part) if isinstance(doc, dict) else None
+    return doc
+
+
+def _concept_text(concept: Any) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    if concept.get("text"):
+        return str(concept["text"])
+    for coding in concept.get("coding") or []:
+        if isinstance(coding, dict) and coding.get("display"):
+            return str(coding["display"])
+    return ""
+
+
+def _timeline_item(doc: dict[str, Any]) -> _Item | None:
+    rtype = str(doc.get("resourceType"))
+    if rtype not in _TIMELINE:
+        return None
+    kind, paths = _TIMELINE[rtype]
+    when = next((str(v) for v in (_dig(doc, p) for p in paths) if isinstance(v, str)), "")
+    concept = (
+        doc.get("code")
+        or doc.get("medicationCodeableConcept")
+        or doc.get("vaccineCode")
+        or (doc.get("type") or [None])[0]
+        or (doc.get("category") or [None])[0]
+    )
+    text = _concept_text(concept) or rtype
+    quantity = doc.get("valueQuantity")
+    if isinstance(quantity, dict) and "value" in quantity:
+        text += f": {quantity['value']} {quantity.get('unit', '')}".rstrip()
+    return _Item(when=when[:10] or "undated", kind=kind, text=text)
 
 
 @dataclass(frozen=True)
