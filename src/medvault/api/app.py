@@ -89,7 +89,6 @@ def status_for(exc: MedvaultError) -> int:
 class AppState:
     settings: Settings
     factory: sessionmaker[Session]
-    read_factory: sessionmaker[Session]
     crypto: CryptoContext
     token: bytes
 
@@ -114,7 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
     factory = make_sessionmaker(engine)
     with factory() as session:
         crypto = build_crypto(settings, session)
-    state = AppState(settings, factory, make_sessionmaker(engine, write=False), crypto, load_token(settings))
+    state = AppState(settings, factory, crypto, load_token(settings))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -52,7 +52,11 @@ def leaf_input(*, seq: int, recorded_micros: int, patient_token: bytes, blob: by
 
 
 def patient_token(crypto: CryptoContext, patient_id: str) -> bytes:
-    return crypto.indexer.search_token(crypto.indexer.pseudonym(patient_id), "AuditEvent", "patient", "")
+    return _token_of_link(crypto, crypto.indexer.pseudonym(patient_id))
+
+
+def _token_of_link(crypto: CryptoContext, link: bytes) -> bytes:
+    return crypto.indexer.search_token(link, "AuditEvent", "patient", "")
 
 
 def append(
@@ -70,7 +74,9 @@ def append(
     # on every request, and the ORM's unit of work costs more than the two statements.
     conn = session.connection()  # Core on the session's connection: no ORM bulk-statement layer
     seq = conn.execute(_NEXT_SEQ).scalar_one() - 1
-    owner = crypto.indexer.pseudonym(patient_id) if patient_id else SHARED_OWNER
+    # One pseudonym per append (every request makes one): it keys the data key and the token.
+    link = crypto.indexer.pseudonym(patient_id) if patient_id else None
+    owner = link if link is not None else SHARED_OWNER
     dk_id, key = crypto.data_key(session, purpose="clinical", owner=owner)
     blob = crypto.sealer.seal(key, orjson.dumps(event), _AAD + str(seq).encode())
     conn.execute(
@@ -80,7 +86,7 @@ def append(
             "recorded": now or datetime.now(UTC),
             "data_key_id": dk_id,
             "blob": blob,
-            "patient_token": patient_token(crypto, patient_id) if patient_id else NO_PATIENT,
+            "patient_token": _token_of_link(crypto, link) if link is not None else NO_PATIENT,
         },
     )
     return seq

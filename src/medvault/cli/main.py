@@ -339,16 +339,20 @@ def user_list(data_dir: DataDir = None, database_url: DbUrl = None, key_dir: Key
     console.print(table)
 
 
-def _account_change(login: str, settings: Settings, change: Callable[..., str]) -> str:
+def _account_change(login: str, settings: Settings, change: Callable[..., str], *, done: str, command: str) -> None:
+    """One account change in one transaction, then one line on the terminal and one in the log
+    (the account id only, never the login name: it may be an e-mail address)."""
     from medvault.db import unit_of_work
 
     logs.setup(settings.log_path)
     engine, factory, crypto = _open(settings)
     try:
         with unit_of_work(factory) as session:
-            return change(session=session, crypto=crypto, login=login)
+            account_id = change(session=session, crypto=crypto, login=login)
     finally:
         engine.dispose()
+    console.print(done.format(account_id=account_id))
+    logs.get("cli").info("user %s: account %s", command, account_id)
 
 
 @user_app.command("disable")
@@ -360,15 +364,11 @@ def user_disable(
     key_dir: KeyDir = None,
 ) -> None:
     """Disable an account; its sessions end at once."""
-    from functools import partial
-
     from medvault.auth import accounts
 
-    account_id = _account_change(
-        login, settings_for(data_dir, database_url, key_dir), partial(accounts.set_disabled, disabled=True)
-    )
-    console.print(f"disabled account {account_id}")
-    logs.get("cli").info("user disable: account %s", account_id)
+    change = functools.partial(accounts.set_disabled, disabled=True)
+    settings = settings_for(data_dir, database_url, key_dir)
+    _account_change(login, settings, change, done="disabled account {account_id}", command="disable")
 
 
 @user_app.command("enable")
@@ -380,15 +380,11 @@ def user_enable(
     key_dir: KeyDir = None,
 ) -> None:
     """Re-enable an account, also lifting a lock after 100 failed sign-ins."""
-    from functools import partial
-
     from medvault.auth import accounts
 
-    account_id = _account_change(
-        login, settings_for(data_dir, database_url, key_dir), partial(accounts.set_disabled, disabled=False)
-    )
-    console.print(f"enabled account {account_id}")
-    logs.get("cli").info("user enable: account %s", account_id)
+    change = functools.partial(accounts.set_disabled, disabled=False)
+    settings = settings_for(data_dir, database_url, key_dir)
+    _account_change(login, settings, change, done="enabled account {account_id}", command="enable")
 
 
 @user_app.command("reset-mfa")
@@ -402,9 +398,9 @@ def user_reset_mfa(
     """Forget the account's authenticator and recovery codes; it enrols again at next sign-in."""
     from medvault.auth import accounts
 
-    account_id = _account_change(login, settings_for(data_dir, database_url, key_dir), accounts.reset_mfa)
-    console.print(f"second factor reset for account {account_id}; its sessions have ended")
-    logs.get("cli").info("user reset-mfa: account %s", account_id)
+    settings = settings_for(data_dir, database_url, key_dir)
+    done = "second factor reset for account {account_id}; its sessions have ended"
+    _account_change(login, settings, accounts.reset_mfa, done=done, command="reset-mfa")
 
 
 @audit_app.command("checkpoint")

@@ -112,13 +112,18 @@ def _same_origin(request: Request) -> bool:
 
 
 async def _form(request: Request) -> dict[str, str]:
+    """The form's fields (the last value of a repeated name; see `_form_pairs` for all)."""
+    return dict(await _form_pairs(request))
+
+
+async def _form_pairs(request: Request) -> list[tuple[str, str]]:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
         raise PageRefused(415, "forms are sent as application/x-www-form-urlencoded")
     raw = await request.body()
     if len(raw) > _MAX_FORM:
         raise PageRefused(413, "form too large")
     try:
-        return dict(parse_qsl(raw.decode(), keep_blank_values=True))
+        return parse_qsl(raw.decode(), keep_blank_values=True)
     except UnicodeDecodeError:
         raise PageRefused(400, "form is not UTF-8") from None
 
@@ -137,6 +142,13 @@ def build_router(deps: PageDeps) -> APIRouter:
         if live is None or live.stage not in allowed or token is None:
             raise SignInRequired
         return live, token
+
+    def checked_form(request: Request, form: dict[str, str], token: str) -> None:
+        """Every state-changing form of a signed-in page: our own origin and the session's CSRF token."""
+        if not _same_origin(request) or not sessions.check_csrf(
+            crypto=deps.crypto, token=token, submitted=form.get("csrf")
+        ):
+            raise PageRefused(403, "the form has expired; reload the page and try again")
 
     @router.get("/login")
     def login_form() -> HTMLResponse:
@@ -192,10 +204,7 @@ def build_router(deps: PageDeps) -> APIRouter:
 
         def end() -> None:
             _live, token = live_session(request)
-            if not _same_origin(request) or not sessions.check_csrf(
-                crypto=deps.crypto, token=token, submitted=form.get("csrf")
-            ):
-                raise PageRefused(403, "the form has expired; reload the page and try again")
+            checked_form(request, form, token)
             with unit_of_work(deps.factory) as session:
                 # Signing out ends every session of the account (a forgotten tab elsewhere too).
                 sessions.end_all(session=session, account_id=_live.actor.account_id)
@@ -235,10 +244,7 @@ def build_router(deps: PageDeps) -> APIRouter:
 
         def confirm() -> Response:
             live, token = live_session(request, enrolling=True)
-            if not _same_origin(request) or not sessions.check_csrf(
-                crypto=deps.crypto, token=token, submitted=form.get("csrf")
-            ):
-                raise PageRefused(403, "the form has expired; reload the page and try again")
+            checked_form(request, form, token)
             if live.actor.mfa_enrolled:
                 return authenticator_page(live)
             try:
@@ -302,21 +308,15 @@ def build_router(deps: PageDeps) -> APIRouter:
             message=message,
         )
 
-    def checked_form(request: Request, form: dict[str, str], token: str) -> None:
-        if not _same_origin(request) or not sessions.check_csrf(
-            crypto=deps.crypto, token=token, submitted=form.get("csrf")
-        ):
-            raise PageRefused(403, "the form has expired; reload the page and try again")
-
     @router.get("/me/sharing")
     def sharing(request: Request) -> HTMLResponse:
         return sharing_page(request)
 
     @router.post("/me/sharing")
     async def share(request: Request) -> Response:
-        raw = (await request.body()).decode(errors="replace")
-        form = await _form(request)
-        tags = frozenset(v for k, v in parse_qsl(raw) if k == "sensitive") & {t for t, _ in SENSITIVE_CHOICES}
+        pairs = await _form_pairs(request)
+        form = dict(pairs)
+        tags = frozenset(v for k, v in pairs if k == "sensitive") & {t for t, _ in SENSITIVE_CHOICES}
 
         def grant() -> Response:
             _live, token, patient_id, caller = as_patient(request)
