@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from medvault.access.policy import may_read_access_log
+from medvault.audit import log as audit_log
 from medvault.fhir import parse as fhir_parse
 from medvault.fhir import search as fs
 from medvault.fhir.errors import InvalidResource, Issue
@@ -354,6 +356,61 @@ def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
     visibility.shown.clear()
     visibility.audit()
     return out
+
+
+ACCESS_LOG_MAX = 200
+
+
+def access_log(
+    *, vault: Vault, patient_id: str, count: int = 50, before: int | None = None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """ "Who accessed my record" as FHIR AuditEvents, newest first, for the patient themself (or the
+    operator); anyone else is refused (403, logged). Returns the page and the cursor for the next
+    one (None at the end). The events are shown as the patient may see them: no account ids, no
+    client addresses, and another patient's identity reduced to "another patient's account"."""
+    _check_existing_id("Patient", patient_id)
+    if not 1 <= count <= ACCESS_LOG_MAX:
+        raise BadRequest(f"_count must be 1..{ACCESS_LOG_MAX}")
+    decision = may_read_access_log(actor=guard.caller_of(vault).actor, patient_id=patient_id)
+    if decision is not None and not decision.allowed:
+        raise guard.forbid(
+            action="search",
+            interaction="search-type",
+            patient_id=patient_id,
+            entities=("AuditEvent",),
+            reason=decision.reason,
+            message="an access log is shown to its patient only",
+        )
+    entries = audit_log.for_patient(
+        session=vault.session, crypto=vault.crypto, patient_id=patient_id, limit=count + 1, before=before
+    )
+    more = len(entries) > count
+    entries = entries[:count]
+    events = [_shown_event(e, patient_id) for e in entries]
+    return events, (entries[-1].seq if more and entries else None)
+
+
+def _shown_event(entry: audit_log.Logged, patient_id: str) -> dict[str, Any]:
+    event = dict(entry.event)
+    agents = []
+    for agent in event.get("agent") or []:
+        shown = {k: v for k, v in agent.items() if k not in ("altId", "network")}
+        ref = str((shown.get("who") or {}).get("reference", ""))
+        if ref.startswith("Patient/") and ref != f"Patient/{patient_id}":
+            shown["who"] = {"display": "another patient's account"}
+        if "identifier" in (shown.get("who") or {}) and agent.get("altId") != "app":
+            shown["who"] = {"display": "a medvault account"}  # an account id says nothing to a patient
+        agents.append(shown)
+    event["agent"] = agents
+    event["entity"] = [
+        e
+        for e in event.get("entity") or []
+        if not str((e.get("what") or {}).get("reference", "")).startswith("Patient/")
+        or e["what"]["reference"] == f"Patient/{patient_id}"
+    ]
+    event["id"] = str(entry.seq)
+    event["meta"] = {"lastUpdated": entry.recorded.isoformat().replace("+00:00", "Z")}
+    return event
 
 
 def _references(node: Any) -> list[str]:
