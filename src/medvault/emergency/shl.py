@@ -148,7 +148,7 @@ def to_shlink(payload: ShlPayload) -> str:
 def to_viewer_link(payload: ShlPayload, *, viewer_url: str) -> str:
     """`<viewer_url>#shlink:/<payload>`: opens in any browser; the fragment is never sent to the viewer."""
     base = viewer_url.removesuffix("#")
-    parts = _check_url(base, what="viewer_url")
+    parts = check_url(base, what="viewer_url")
     if parts.fragment or "#" in base:
         raise ShlPayloadError("viewer_url must not have a fragment of its own")
     link = base + "#" + to_shlink(payload)
@@ -168,7 +168,7 @@ def parse_shlink(text: str) -> ShlPayload:
         marker = text.find("#" + SHLINK_PREFIX)
         if marker < 0:
             raise ShlPayloadError("link must start with 'shlink:/' or contain '#shlink:/' after a viewer URL")
-        _check_url(text[:marker], what="viewer URL")
+        check_url(text[:marker], what="viewer URL")
         text = text[marker + 1 :]
     encoded = text[len(SHLINK_PREFIX) :]
     if not encoded:
@@ -222,7 +222,7 @@ def payload_from_json(obj: dict[str, Any]) -> ShlPayload:
 def _validate(payload: ShlPayload) -> None:
     if len(payload.url) > MAX_URL_CHARS:
         raise ShlPayloadError(f"payload 'url' is longer than {MAX_URL_CHARS} characters")
-    _check_url(payload.url, what="payload 'url'")
+    check_url(payload.url, what="payload 'url'")
     decode_key(payload.key)
     if payload.exp is not None and not 0 <= payload.exp < MAX_EXP:
         raise ShlPayloadError("payload 'exp' must be epoch seconds (non-negative, below 10**11; not milliseconds)")
@@ -246,7 +246,7 @@ def _check_flags(flag: str) -> None:
         raise ShlPayloadError("payload 'flag' must not combine 'P' and 'U'")
 
 
-def _check_url(url: str, *, what: str) -> SplitResult:
+def check_url(url: str, *, what: str) -> SplitResult:
     """https everywhere; http only for loopback hosts (tests, a local demo). Returns the split URL."""
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
         raise ShlPayloadError(f"{what} must not contain spaces or control characters")
