@@ -169,3 +169,32 @@ def test_encrypt_decrypt_round_trip(data: bytes, compress: bool, content_type: s
     out = jwe.decrypt_file(token=token, key=key)
     assert out.plaintext == data
     assert out.content_type == content_type
+
+
+_segment = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", max_size=64)
+_HEADERS = [
+    "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0",  # {"alg":"dir","enc":"A256GCM"}
+    "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIiwiemlwIjoiREVGIn0",  # + zip DEF
+]
+
+
+@settings(max_examples=200)
+@given(
+    header=st.sampled_from(_HEADERS) | _segment,
+    ek=st.just("") | _segment,
+    iv=_segment,
+    ct=_segment,
+    tag=_segment,
+    junk=st.text(max_size=40),
+)
+def test_any_token_fails_only_with_jwe_errors(header: str, ek: str, iv: str, ct: str, tag: str, junk: str) -> None:
+    for token in (f"{header}.{ek}.{iv}.{ct}.{tag}", junk):
+        with pytest.raises(JweError):
+            jwe.decrypt_file(token=token, key=SPEC_KEY)
+
+
+def test_deeply_nested_plaintext_json_is_a_clear_error() -> None:
+    key = shl.new_key()
+    token = jwe.encrypt_file(plaintext=b"[" * 100_000, key=key, content_type=FHIR, compress=True)
+    with pytest.raises(JweError, match="not JSON"):
+        jwe.decrypt_file(token=token, key=key).json()

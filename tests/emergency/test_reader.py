@@ -7,15 +7,18 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medvault.emergency import jwe, shl
 from medvault.emergency.errors import (
     JweError,
     JweTooLarge,
+    ShlError,
     ShlPasscodeError,
     ShlPasscodeRequired,
     ShlPayloadError,
@@ -24,7 +27,14 @@ from medvault.emergency.errors import (
     ShlUnavailable,
     ShlVersionUnsupported,
 )
-from medvault.emergency.reader import HttpRequest, HttpResponse, ReaderLimits, resolve, urllib_http
+from medvault.emergency.reader import (
+    HttpRequest,
+    HttpResponse,
+    ReaderLimits,
+    ResolvedLink,
+    resolve,
+    urllib_http,
+)
 
 VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "smart-health-links" / "hl7-spec-vectors"
 SPEC_KEY = shl.decode_key("rxTgYlOaKJPFtcEd0qcceN8wEU4p94SqAwIWQe6uX7Q")
@@ -366,3 +376,49 @@ def test_unreachable_server_is_one_clear_error() -> None:
     server.server_close()  # nothing listens there now
     with pytest.raises(ShlProtocolError, match="could not reach"):
         resolve(_link(url=f"http://127.0.0.1:{port}/m"), recipient="EMS")
+
+
+def test_deeply_nested_manifest_is_a_clear_error() -> None:
+    http = FakeHttp({("POST", MANIFEST_URL): _ok(b"[" * 100_000)})
+    with pytest.raises(ShlProtocolError, match="not JSON"):
+        resolve(_link(), recipient="EMS", http=http)
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=30)
+    | st.sampled_from([FHIR, SHC, "https://x.example/f"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["files", "contentType", "location", "embedded", "list", "x"]), inner, max_size=4
+        )
+    ),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=150)
+@given(manifest=_json, status=st.sampled_from([200, 200, 200, 401, 404, 500]), file_status=st.sampled_from([200, 404]))
+def test_any_manifest_fails_only_with_shl_errors(manifest: object, status: int, file_status: int) -> None:
+    http = FakeHttp(
+        {
+            ("POST", MANIFEST_URL): HttpResponse(status=status, body=json.dumps(manifest).encode()),
+            ("GET", "https://x.example/f"): HttpResponse(status=file_status, body=SHC_JWE),
+        }
+    )
+    modes: tuple[Literal["raise", "collect"], ...] = ("raise", "collect")
+    for mode in modes:
+        outcome: ResolvedLink | ShlError
+        try:
+            outcome = resolve(_link(), recipient="EMS", http=http, on_file_error=mode)
+        except ShlError as exc:
+            outcome = exc
+        if isinstance(outcome, ResolvedLink):
+            assert all(f.plaintext == SHC_PLAIN for f in outcome.files)
+            assert mode == "collect" or not outcome.failures
+        else:
+            assert outcome.message
+            assert "\n" not in outcome.message

@@ -214,3 +214,47 @@ def test_build_parse_round_trip(
     assert parsed.key_bytes == key
     # Encoding is deterministic: parse then re-encode gives the same text.
     assert shl.to_shlink(parsed) == shl.to_shlink(payload)
+
+
+def test_deeply_nested_payload_is_a_clear_error() -> None:
+    text = "shlink:/" + base64.urlsafe_b64encode(b"[" * 3000).decode().rstrip("=")
+    with pytest.raises(ShlPayloadError, match="nested too deeply"):
+        shl.parse_shlink(text)
+
+
+def test_viewer_url_must_end_at_the_hash() -> None:
+    bare = shl.to_shlink(shl.build_payload(url="https://a.example/m", key=shl.new_key()))
+    with pytest.raises(ShlPayloadError, match="must end at the '#'"):
+        shl.parse_shlink("https://viewer.example.org/#other" + "#" + bare)
+
+
+@given(st.text(max_size=300) | st.text(max_size=300).map(lambda t: "shlink:/" + t))
+def test_any_text_fails_only_with_shl_errors(text: str) -> None:
+    # Bad input must end in one readable error, never a traceback (a QR scanner feeds us anything).
+    outcome: shl.ShlPayload | ShlPayloadError | ShlTooLarge
+    try:
+        outcome = shl.parse_shlink(text)
+    except (ShlPayloadError, ShlTooLarge) as exc:
+        outcome = exc
+    if isinstance(outcome, shl.ShlPayload):
+        assert len(outcome.key_bytes) == 32
+    else:
+        assert outcome.message
+        assert "\n" not in outcome.message
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(extra=st.dictionaries(st.sampled_from(["url", "key", "exp", "flag", "label", "v", "_x"]), _json, max_size=4))
+def test_any_payload_object_fails_only_with_shl_errors(extra: dict[str, object]) -> None:
+    obj = {"url": "https://a.example/m", "key": SPEC_KEY} | extra
+    try:
+        payload = shl.parse_shlink(_encode(obj))
+    except (ShlPayloadError, ShlTooLarge):
+        return
+    assert payload.url == obj["url"]

@@ -47,7 +47,7 @@ class DecryptedFile:
     def json(self) -> Any:
         try:
             return json.loads(self.plaintext)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise JweError("decrypted file is not JSON") from None
 
 
@@ -65,7 +65,7 @@ class _RawDeflate(JWEZipModel):
         self.max_bytes = max_bytes
 
     def compress(self, s: bytes) -> bytes:
-        c = zlib.compressobj(level=9, wbits=-zlib.MAX_WBITS)
+        c = zlib.compressobj(wbits=-zlib.MAX_WBITS)  # default level: summaries are built per request
         return c.compress(s) + c.flush()
 
     def decompress(self, s: bytes) -> bytes:
@@ -172,7 +172,7 @@ def read_header(token: str) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4))
         header = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         raise JweError("JWE header is not base64url JSON") from None
     if not isinstance(header, dict):
         raise JweError("JWE header must be a JSON object")

@@ -85,7 +85,7 @@ class ResolvedFile:
     def json(self) -> Any:
         try:
             return json.loads(self.plaintext)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise ShlProtocolError(f"a {self.content_type} file is not JSON") from None
 
 
@@ -218,7 +218,7 @@ def _fetch_manifest(url: str, body: Mapping[str, Any], send: HttpFn, limits: Rea
         raise ShlProtocolError(f"manifest request answered HTTP {response.status}")
     try:
         manifest = json.loads(response.body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ShlProtocolError("manifest is not JSON") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
         raise ShlProtocolError("manifest must be a JSON object with a 'files' array")
@@ -301,7 +301,7 @@ def _guess_content_type(plaintext: bytes) -> str:
     """A `U` file without `cty` (the spec's IPS vector): tell FHIR from a Health Card by its JSON shape."""
     try:
         obj = json.loads(plaintext)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ShlProtocolError("file has no cty and is not JSON") from None
     if isinstance(obj, dict) and isinstance(obj.get("resourceType"), str):
         return "application/fhir+json"
@@ -315,7 +315,7 @@ def _guess_content_type(plaintext: bytes) -> str:
 def _remaining_attempts(body: bytes) -> int | None:
     try:
         obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     value = obj.get("remainingAttempts") if isinstance(obj, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

@@ -168,6 +168,8 @@ def parse_shlink(text: str) -> ShlPayload:
         marker = text.find("#" + SHLINK_PREFIX)
         if marker < 0:
             raise ShlPayloadError("link must start with 'shlink:/' or contain '#shlink:/' after a viewer URL")
+        if "#" in text[:marker]:
+            raise ShlPayloadError("viewer URL must end at the '#' that starts 'shlink:/'")
         check_url(text[:marker], what="viewer URL")
         text = text[marker + 1 :]
     encoded = text[len(SHLINK_PREFIX) :]
@@ -189,6 +191,8 @@ def decode_payload(encoded: str) -> ShlPayload:
         raise ShlPayloadError("payload is not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise ShlPayloadError(f"payload is not JSON (at character {exc.pos})") from None
+    except RecursionError:
+        raise ShlPayloadError("payload JSON is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ShlPayloadError("payload must be a JSON object")
     return payload_from_json(obj)
