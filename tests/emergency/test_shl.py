@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,7 @@ def test_malformed_link_text(text: str, message: str) -> None:
         (_valid(flag="PU"), "must not combine"),
         (_valid(label="x" * 81), "longer than 80"),
         (_valid(label="a\nb"), "control"),
+        (_valid(label="\U0001f691" * 41), "longer than 80"),  # 82 UTF-16 units, as JavaScript counts
         (_valid(label=5), "'label' must be a string"),
         (_valid(v="1"), "'v' must be an integer"),
         (_valid(v=0), "'v' must be 1"),
@@ -200,7 +203,7 @@ _label_chars = st.characters(blacklist_categories=("Cc", "Cs"))
     key=st.binary(min_size=32, max_size=32),
     exp=st.none() | st.integers(min_value=0, max_value=shl.MAX_EXP - 1),
     flags=st.sampled_from(["", "L", "P", "U", "LP", "LU"]),
-    label=st.none() | st.text(alphabet=_label_chars, max_size=80),
+    label=st.none() | st.text(alphabet=_label_chars, max_size=80).filter(lambda t: len(t.encode("utf-16-le")) <= 160),
     v=st.none() | st.integers(min_value=1, max_value=9),
     viewer=st.booleans(),
 )
@@ -258,3 +261,23 @@ def test_any_payload_object_fails_only_with_shl_errors(extra: dict[str, object])
     except (ShlPayloadError, ShlTooLarge):
         return
     assert payload.url == obj["url"]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_encoding_matches_javascript_json_stringify() -> None:
+    # Receivers are mostly JavaScript: our bytes must be what JSON.stringify + base64url give.
+    for label in [
+        "Notfallkarte für Jürgen Groß",
+        '急救 \U0001f691 "q" / \\',
+        "Irradiated blood only \u2014 fludarabine",
+    ]:
+        payload = shl.build_payload(
+            url="https://ehr.example.org/qr/x/m", key=bytes(range(32)), exp=1767225600, flags="LP", label=label, v=1
+        )
+        obj = {"url": payload.url, "flag": "LP", "key": payload.key, "exp": 1767225600, "label": label, "v": 1}
+        script = (
+            "const o=JSON.parse(require('fs').readFileSync(0,'utf8'));"
+            "process.stdout.write(Buffer.from(JSON.stringify(o),'utf8').toString('base64url'))"
+        )
+        node = subprocess.run(["node", "-e", script], input=json.dumps(obj), capture_output=True, text=True, check=True)
+        assert shl.encode_payload(payload) == node.stdout

@@ -232,10 +232,11 @@ def _validate(payload: ShlPayload) -> None:
         raise ShlPayloadError("payload 'exp' must be epoch seconds (non-negative, below 10**11; not milliseconds)")
     _check_flags(payload.flag)
     if payload.label is not None:
-        if len(payload.label) > MAX_LABEL_CHARS:
-            raise ShlPayloadError(f"payload 'label' is longer than {MAX_LABEL_CHARS} characters")
         if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000 for c in payload.label):
             raise ShlPayloadError("payload 'label' must not contain control characters or lone surrogates")
+        # Counted in UTF-16 code units, as JavaScript readers count `label.length`: an emoji is 2.
+        if len(payload.label.encode("utf-16-le")) // 2 > MAX_LABEL_CHARS:
+            raise ShlPayloadError(f"payload 'label' is longer than {MAX_LABEL_CHARS} characters")
     if payload.v is not None and payload.v < 1:
         raise ShlPayloadError("payload 'v' must be 1 or more")
 
