@@ -178,7 +178,7 @@ _HEADERS = [
 ]
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     header=st.sampled_from(_HEADERS) | _segment,
     ek=st.just("") | _segment,

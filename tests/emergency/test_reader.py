@@ -400,7 +400,7 @@ _json = st.recursive(
 )
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(manifest=_json, status=st.sampled_from([200, 200, 200, 401, 404, 500]), file_status=st.sampled_from([200, 404]))
 def test_any_manifest_fails_only_with_shl_errors(manifest: object, status: int, file_status: int) -> None:
     http = FakeHttp(
