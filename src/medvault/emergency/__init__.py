@@ -1,0 +1,1 @@
+"""Emergency access: the IPS emergency summary, SMART Health Links and break-the-glass."""
