@@ -893,8 +893,9 @@ def _medication_name(res: Mapping[str, Any], b: _Builder) -> str:
         return _text(res.get("medicationCodeableConcept"))
     ref = res.get("medicationReference")
     if isinstance(ref, dict):
-        key = b.index.resolve(ref["reference"]) if isinstance(ref.get("reference"), str) else None
-        target = b.index.by_key.get(key) if key and key in b.included else None
+        # `res` is the Bundle's copy: its reference is already a fullUrl of the Bundle
+        key = b.keys_by_url.get(ref["reference"]) if isinstance(ref.get("reference"), str) else None
+        target = b.included.get(key) if key else None
         if target is not None:
             return _text(target.get("code"))
         display = ref.get("display")
@@ -939,3 +940,34 @@ def _care_rows(items: list[dict[str, Any]], b: _Builder) -> list[tuple[str, ...]
         else:
             member({"reference": b.full_urls[_key(res) or ""]}, "General practitioner")
     return rows
+
+
+def bundle_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The resources of a document or transaction Bundle, with references to other entries (by their
+    `fullUrl`) rewritten to "Type/id", ready for `build_summary`. Entries without an id get one from
+    their fullUrl (uuid5 of it, so the same Bundle gives the same ids)."""
+    entries = [e for e in _items(bundle.get("entry")) if isinstance(e.get("resource"), dict)]
+    keys: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    for e in entries:
+        res = dict(e["resource"])
+        full = e.get("fullUrl")
+        if not isinstance(res.get("id"), str):
+            res["id"] = str(uuid.uuid5(_NAMESPACE, f"entry|{full}"))
+        key = _key(res)
+        if isinstance(full, str) and key is not None:
+            keys[full] = key
+        out.append(res)
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            copy = {k: rewrite(v) for k, v in node.items()}
+            ref = node.get("reference")
+            if isinstance(ref, str) and ref in keys:
+                copy["reference"] = keys[ref]
+            return copy
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return node
+
+    return [rewrite(r) for r in out]
