@@ -522,10 +522,23 @@ def test_contacts_care_team_and_referenced_resources_are_included() -> None:
         "subject": {"reference": f"Patient/{patient['id']}"},
         "dosageInstruction": [{"text": "25 mg/m2 daily for 5 days"}],
     }
-    bundle = build(patient, [*resources, care_team, medication, request])
+    sister = {
+        "resourceType": "RelatedPerson",
+        "id": "rp1",
+        "patient": {"reference": f"Patient/{patient['id']}"},
+        "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "SIS"}]}],
+        "name": [{"text": "Sam Sister"}],
+        "telecom": [{"system": "phone", "value": "+1 555 0142"}],
+    }
+    former = {**sister, "id": "rp2", "active": False, "name": [{"text": "Former Friend"}]}
+    bundle = build(patient, [*resources, care_team, medication, request, sister, former])
     assert_valid(bundle)
     found = sections(bundle)
     contacts = found[CONTACTS.coding["code"]]["text"]["div"]
+    assert contacts.index("Jane Doe") < contacts.index("Sam Sister")  # the emergency contact (v2-0131 C) first
+    assert "+1 555 0142" in contacts
+    assert "Former Friend" not in json.dumps(bundle)
+    assert ids(section_resources(bundle, CONTACTS.coding["code"])) == [f"Patient/{patient['id']}", "RelatedPerson/rp1"]
     assert "Jane Doe" in contacts
     assert "+1 555 0199" in contacts
     team = found[CARE_TEAM.coding["code"]]["text"]["div"]

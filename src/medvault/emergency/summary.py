@@ -16,8 +16,8 @@ patient's preview, break-the-glass) loads the patient's resources through `recor
 | Immunizations | LOINC 11369-6 | when any |
 | History of procedures | LOINC 47519-4 | when any |
 | Advance directives | LOINC 42348-3 | when any |
-| Emergency contacts | `urn:medvault:emergency-section#emergency-contacts` | when `Patient.contact` has any |
-| Care team | `urn:medvault:emergency-section#care-team` | when any (`CareTeam`, `Patient.generalPractitioner`) |
+| Emergency contacts | `urn:medvault:emergency-section#emergency-contacts` | when any (Patient.contact, RelatedPerson) |
+| Care team | `urn:medvault:emergency-section#care-team` | when any (`CareTeam`, `generalPractitioner`) |
 
 IPS has no section for contacts or the care team; rather than borrow a LOINC code that means
 something else, they carry our own code. Every section has a generated XHTML narrative (responders
@@ -45,7 +45,7 @@ not reveal that something was hidden.
 * Advance directives: `Consent` with scope `adr` and status active; `DocumentReference` typed or
   categorised LOINC 42348-3 / 75320-2 with status current.
 * `Flag`: status active and `period` (if any) covering `now`.
-* `CareTeam`: status active.
+* `CareTeam`: status active. `RelatedPerson`: not `active: false`, `period` (if any) covering `now`.
 
 Only resources whose subject/patient is this patient are considered. A resource is left out when
 `options.hidden` names it ("Type/id"), or when it carries a sensitive category
@@ -71,6 +71,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import unquote
 
 from medvault import __version__
 from medvault.access.labels import SENSITIVE_TAGS, sensitive_labels
@@ -85,6 +86,7 @@ IPS_ABSENT: Final = "http://hl7.org/fhir/uv/ips/CodeSystem/absent-unknown-uv-ips
 SECTION_SYSTEM: Final = "urn:medvault:emergency-section"
 CONSENT_SCOPE: Final = "http://terminology.hl7.org/CodeSystem/consentscope"
 FLAG_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/flag-category"
+V2_CONTACT_ROLE: Final = "http://terminology.hl7.org/CodeSystem/v2-0131"
 XHTML_NS: Final = "http://www.w3.org/1999/xhtml"
 MAX_ALERT_CHARS: Final = 500
 
@@ -253,7 +255,7 @@ class _Index:
             return self._by_id.get(ref[9:] if ref.startswith("urn:uuid:") else ref[8:])
         if "?" in ref:
             rtype, _, query = ref.partition("?")
-            name, _, value = query.partition("=")
+            name, _, value = unquote(query).partition("=")
             system, bar, code = value.partition("|")
             if name == "identifier" and bar:
                 return self._by_identifier.get((rtype.rsplit("/", 1)[-1], system, code))
@@ -405,6 +407,10 @@ def _care_team(res: Mapping[str, Any], now: datetime) -> bool:
     return res.get("status") == "active"
 
 
+def _related_person(res: Mapping[str, Any], now: datetime) -> bool:
+    return res.get("active") is not False and _covers(res.get("period"), now)
+
+
 _Rule = Callable[[Mapping[str, Any], datetime], bool]
 _RULES: Final[Mapping[str, tuple[SectionKind, _Rule]]] = {
     "Flag": (ALERTS, _flag),
@@ -417,6 +423,7 @@ _RULES: Final[Mapping[str, tuple[SectionKind, _Rule]]] = {
     "Consent": (ADVANCE_DIRECTIVES, _advance_directive),
     "DocumentReference": (ADVANCE_DIRECTIVES, _advance_directive),
     "CareTeam": (CARE_TEAM, _care_team),
+    "RelatedPerson": (CONTACTS, _related_person),
 }
 
 
@@ -770,8 +777,8 @@ def build_summary(
             entries = [{"reference": f"urn:uuid:{f['id']}"} for f in extra] + entries
             items = extra + items
         if kind is CONTACTS and "contact" in resources_out[b.patient_key]:
-            entries = [{"reference": patient_url}]
-            items = [resources_out[b.patient_key]]
+            entries = [{"reference": patient_url}, *entries]
+            items = [resources_out[b.patient_key], *items]
         if not entries and not kind.required:
             continue
         section: dict[str, Any] = {"title": kind.title, "code": {"coding": [dict(kind.coding)]}}
@@ -824,10 +831,10 @@ def _narrative(
         return "<p>No information available.</p>"
     if kind is ALERTS:
         rows = [
-            (_text(f.get("code")), "the patient" if i < n_extra else _text(_first(f.get("category"))))
+            (_text(f.get("code")), "written by the patient" if i < n_extra else "health record")
             for i, f in enumerate(items)
         ]
-        return _table(("Alert", "From"), rows)
+        return _table(("Alert", "Source"), rows)
     if kind is PROBLEMS:
         return _table(
             ("Problem", "Since"),
@@ -867,13 +874,17 @@ def _narrative(
             ],
         )
     if kind is CONTACTS:
+        # Patient.contact entries, then RelatedPerson resources; emergency contacts (v2-0131 "C") first
+        people = [c for r in items if r.get("resourceType") == "Patient" for c in _items(r.get("contact"))]
+        people += [r for r in items if r.get("resourceType") == "RelatedPerson"]
+        people.sort(key=lambda c: (V2_CONTACT_ROLE, "C") not in _codings(c.get("relationship")))
         contact_rows = [
             (
                 _human_name(c.get("name")),
                 ", ".join(_text(x) for x in _items(c.get("relationship"))),
                 _phones(c.get("telecom")),
             )
-            for c in _items(items[0].get("contact"))
+            for c in people
         ]
         return _table(("Name", "Relationship", "Phone"), contact_rows)
     return _table(("Name", "Role", "Phone"), _care_rows(items, b))
