@@ -356,6 +356,17 @@ def test_sensitive_items_left_out_unless_named() -> None:
     assert psy["code"]["coding"][0]["display"] not in sections(hidden)["11450-4"]["text"]["div"]
     assert_valid(hidden)
 
+    # a resolved sensitive Condition named by an active medication: the reference goes, display and all
+    resolved = next(
+        r for r in resources if r["resourceType"] == "Condition" and status(r["clinicalStatus"]) == "resolved"
+    )
+    resources[resources.index(resolved)] = _labelled(resolved, "HIV")
+    med["reasonReference"].append({"reference": f"Condition/{resolved['id']}", "display": "Resolved sensitive text"})
+    assert "Resolved sensitive text" not in json.dumps(
+        build(patient, resources, include_sensitive=frozenset({"mental-health"}))
+    )
+    assert "Resolved sensitive text" in json.dumps(build(patient, resources, include_sensitive=SENSITIVE_TAGS))
+
     wrong = build(patient, resources, include_sensitive=frozenset({"hiv"}))
     assert key not in ids(section_resources(wrong, "11450-4"))
 
@@ -841,3 +852,12 @@ def test_ig_example_bundle_01_in_detail() -> None:
     assert {urls[m["medicationReference"]["reference"]]["resourceType"] for m in meds} == {"Medication"}
     # the Condition in remission is history, not an active problem
     assert "c4597aa2-688a-401b-a658-70acc6de28c6" not in json.dumps(bundle)
+
+
+def test_a_restricted_label_on_the_patient_does_not_remove_the_patient() -> None:
+    patient, resources = load(_FILES[0])
+    labelled = _labelled(patient, "R")
+    labelled["meta"]["security"][0]["system"] = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+    bundle = build(labelled, [r for r in resources if r["resourceType"] != "Patient"])
+    assert_valid(bundle)
+    assert by_url(bundle)[bundle["entry"][0]["resource"]["subject"]["reference"]]["id"] == patient["id"]

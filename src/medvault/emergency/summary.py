@@ -507,7 +507,7 @@ class _Builder:
         pool = [r for r in resources if isinstance(r, Mapping) and _key(r) != self.patient_key]
         self.index = _Index([patient, *pool])
         self.pool = pool
-        self.excluded: set[str] = set(options.hidden)  # references to these are removed altogether
+        self._excluded: dict[str, bool] = {}  # key -> hidden or sensitive: references to it are removed
         self.included: dict[str, Mapping[str, Any]] = {}  # key -> original, in Bundle order
         self.full_urls: dict[str, str] = {}
         self.keys_by_url: dict[str, str] = {}
@@ -541,10 +541,19 @@ class _Builder:
             and self.index.resolve(med["reference"]) in self.options.hidden
         ):
             return False  # a statement about a hidden Medication would name it, or lose its required medication
-        if not self._labels(res) <= self.options.include_sensitive:
-            self.excluded.add(key)
-            return False
-        return True
+        return self._labels(res) <= self.options.include_sensitive
+
+    def excluded(self, key: str) -> bool:
+        """Hidden, or sensitive and not included: then no reference to it may stay, not even its
+        display (a resolved HIV Condition named by an active medication's reasonReference)."""
+        if key == self.patient_key:
+            return False  # the summary is about the patient: a label on the Patient does not remove them
+        found = self._excluded.get(key)
+        if found is None:
+            res = self.index.by_key.get(key)
+            found = key in self.options.hidden or (res is not None and not self._allowed(key, res))
+            self._excluded[key] = found
+        return found
 
     def select(self) -> dict[SectionKind, list[Mapping[str, Any]]]:
         chosen: dict[SectionKind, list[Mapping[str, Any]]] = {kind: [] for kind in SECTION_ORDER}
@@ -556,13 +565,8 @@ class _Builder:
             key = _key(res)
             if key is None or not self._mine(res) or not rule(res, self.now) or _no_information(res):
                 continue
-            if self._allowed(key, res):
+            if not self.excluded(key):
                 chosen[kind].append(res)
-        # Hidden or sensitive supporting resources (a Medication, a Practitioner) must not come back
-        # through a reference either.
-        for key, res in self.index.by_key.items():
-            if res.get("resourceType") in _SUPPORTING_TYPES and key not in self.excluded:
-                self._allowed(key, res)
         return chosen
 
     # -- ordering ------------------------------------------------------------------------------------
@@ -613,7 +617,7 @@ class _Builder:
             res = queue.pop()
             for ref in _references(res):
                 key = self.index.resolve(ref)
-                if key is None or key in self.included or key in self.excluded:
+                if key is None or key in self.included or self.excluded(key):
                     continue
                 target = self.index.by_key[key]
                 if target.get("resourceType") in _SUPPORTING_TYPES:
@@ -625,7 +629,7 @@ class _Builder:
         if isinstance(node, dict):
             if isinstance(node.get("reference"), str) and not node["reference"].startswith("#"):
                 key = self.index.resolve(node["reference"])
-                if key is not None and key in self.excluded:
+                if key is not None and self.excluded(key):
                     return _DROP
                 out: dict[str, Any] = {}
                 for k, v in node.items():
@@ -757,7 +761,7 @@ def build_summary(
     # The general practitioner belongs to the care team.
     for ref in _items(patient.get("generalPractitioner")):
         target = b.index.resolve(ref["reference"]) if isinstance(ref.get("reference"), str) else None
-        if target is not None and target not in b.excluded and target not in section_keys[CARE_TEAM]:
+        if target is not None and not b.excluded(target) and target not in section_keys[CARE_TEAM]:
             b.include(target, b.index.by_key[target])
             section_keys[CARE_TEAM].append(target)
     b.include_supporting()
