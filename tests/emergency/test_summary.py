@@ -591,6 +591,7 @@ def test_hidden_medication_hides_its_statement() -> None:
 
 
 # Files that do not pass, with exactly what fails: (R4B model error count, our distinct diagnostics).
+# The same files (and reasons, in words) as KNOWN_REJECTED in tests/records/test_import_examples.py.
 # All are third-party samples ("may or may not validate", SOURCE.txt); our rules follow the FHIR
 # spec and the HL7 validator: ids over 64 characters, `idref` attributes in narrative (the Java
 # validator's own outcome for ips-htmlrefs-forwards reports the same), relative fullUrls, truncated
