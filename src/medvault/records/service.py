@@ -8,11 +8,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
 
+from medvault.access.consent import Grant, grant_from_consent
 from medvault.fhir import parse as fhir_parse
 from medvault.fhir import search as fs
 from medvault.fhir.errors import InvalidResource, Issue
@@ -24,11 +25,13 @@ from medvault.records.vault import Vault, get_head, load_current, open_version, 
 from medvault.store.models import Resource, ResourceVersion
 
 __all__ = [
+    "GrantedPatient",
     "HistoryEntry",
     "Written",
     "create",
     "delete",
     "everything",
+    "granted_patients",
     "history",
     "read",
     "search",
@@ -302,6 +305,52 @@ def search(
     result = record_search.search(vault, rtype, params, strict=strict, visible=visibility)
     visibility.audit()
     return result
+
+
+@dataclass(frozen=True)
+class GrantedPatient:
+    patient: dict[str, Any]  # the Patient as the caller may see it
+    grant: Grant
+
+
+def granted_patients(*, vault: Vault, now: datetime, limit: int = 500) -> list[GrantedPatient]:
+    """The patients with a grant in force naming the calling clinician's Practitioner, each with
+    that grant (the one ending last when there are several).
+
+    Both lookups are ordinary searches as the caller, so the one decision point filters every hit
+    and each patient's access log shows the look-up. The Consent search goes through the keyed
+    `actor` token and the `period` dates (not a scan of every patient's Consents); the grant is
+    then read back and checked for itself, as the policy does."""
+    actor = guard.caller_of(vault).actor
+    if actor is None or actor.role != "clinician" or actor.practitioner_id is None:
+        return []
+    grantee = f"Practitioner/{actor.practitioner_id}"
+    at = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    consents = search(
+        vault=vault,
+        rtype="Consent",
+        params=[
+            ("actor", grantee),
+            ("status", "active"),
+            ("period", f"ge{at}"),  # not ended
+            ("period", f"le{at}"),  # and started
+            ("_count", str(min(limit, record_search.MAX_COUNT))),
+        ],
+    ).resources
+    best: dict[str, Grant] = {}
+    for consent in consents:
+        grant = grant_from_consent(consent)
+        if grant is None or grant.grantee != grantee or not grant.in_force(now):
+            continue
+        held = best.get(grant.patient_id)
+        if held is None or (held.end is not None and (grant.end is None or grant.end > held.end)):
+            best[grant.patient_id] = grant
+    if not best:
+        return []
+    patients = search(
+        vault=vault, rtype="Patient", params=[("_id", ",".join(sorted(best))), ("_count", str(len(best)))]
+    ).resources
+    return [GrantedPatient(patient=p, grant=best[str(p["id"])]) for p in patients if str(p.get("id")) in best]
 
 
 def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
