@@ -325,7 +325,7 @@ def granted_patients(*, vault: Vault, now: datetime, limit: int = 500) -> list[G
     if actor is None or actor.role != "clinician" or actor.practitioner_id is None:
         return []
     grantee = f"Practitioner/{actor.practitioner_id}"
-    at = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    at = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # to the microsecond, as grants are
     consents = search(
         vault=vault,
         rtype="Consent",
