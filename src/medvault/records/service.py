@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -317,30 +317,34 @@ def granted_patients(*, vault: Vault, now: datetime, limit: int = 500) -> list[G
     """The patients with a grant in force naming the calling clinician's Practitioner, each with
     that grant (the one ending last when there are several).
 
-    Both lookups are ordinary searches as the caller, so the one decision point filters every hit
+    Both lookups are ordinary searches as the caller, so the one decision point judges every hit
     and each patient's access log shows the look-up. The Consent search goes through the keyed
-    `actor` token and the `period` dates (not a scan of every patient's Consents); the grant is
-    then read back and checked for itself, as the policy does."""
+    `actor` and `status` tokens (not a scan of every patient's Consents). Grants not in force
+    (expired, not yet started) are dropped before the decision: the clinician asked only for
+    current grants, so an old one must not log a refusal in that patient's access log. (No
+    `period` search here: a grant without an end has no period, and FHIR date search never
+    matches a missing element.)"""
     actor = guard.caller_of(vault).actor
     if actor is None or actor.role != "clinician" or actor.practitioner_id is None:
         return []
     grantee = f"Practitioner/{actor.practitioner_id}"
-    at = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # to the microsecond, as grants are
-    consents = search(
-        vault=vault,
-        rtype="Consent",
-        params=[
-            ("actor", grantee),
-            ("status", "active"),
-            ("period", f"ge{at}"),  # not ended
-            ("period", f"le{at}"),  # and started
-            ("_count", str(min(limit, record_search.MAX_COUNT))),
-        ],
+
+    def current(consent: dict[str, Any]) -> bool:
+        grant = grant_from_consent(consent)
+        return grant is not None and grant.grantee == grantee and grant.in_force(now)
+
+    visibility = guard.Visibility(vault, action="search", interaction="search-type")
+    consents = record_search.search(
+        vault,
+        "Consent",
+        [("actor", grantee), ("status", "active"), ("_count", str(min(limit, record_search.MAX_COUNT)))],
+        visible=lambda doc: current(doc) and visibility(doc),
     ).resources
+    visibility.audit()
     best: dict[str, Grant] = {}
     for consent in consents:
         grant = grant_from_consent(consent)
-        if grant is None or grant.grantee != grantee or not grant.in_force(now):
+        if grant is None:
             continue
         held = best.get(grant.patient_id)
         if held is None or (held.end is not None and (grant.end is None or grant.end > held.end)):

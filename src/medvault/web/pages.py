@@ -10,7 +10,7 @@ The pages are a face: they call the auth and audit services and never touch tabl
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -41,7 +41,10 @@ CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
-_PAGE_HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+# same-origin, not no-referrer: under no-referrer a browser sends `Origin: null` with our own form
+# POSTs, which the same-origin check must refuse. Other sites still get no Referer (our URLs hold
+# record ids) and a null Origin.
+_PAGE_HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
 _MAX_FORM = 16 * 1024
 _templates = Environment(
     loader=PackageLoader("medvault.web", "templates"), autoescape=select_autoescape(["html"]), auto_reload=False
@@ -483,7 +486,17 @@ def build_router(deps: PageDeps) -> APIRouter:
             raise PageRefused(404, "not found")
         with unit_of_work(deps.factory) as session:
             entries = audit_log.for_patient(session=session, crypto=deps.crypto, patient_id=patient_id, limit=200)
-        return page("access.html", live=live, rows=[_row(e, patient_id) for e in entries])
+        rows = [_row(e, patient_id) for e in entries]
+        # A clinician is named as the directory names them, not by an id the patient cannot read.
+        ids = sorted({r.who.split("/", 1)[1] for r in rows if r.who.startswith("Practitioner/")})
+        if ids:
+            caller = guard.Caller(actor=live.actor, via="page", address=request.client.host if request.client else None)
+            with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
+                found = service.search(
+                    vault=vault, rtype="Practitioner", params=[("_id", ",".join(ids)), ("_count", str(len(ids)))]
+                ).resources
+            rows = [replace(r, who=_practitioner_name(found, r.who)) for r in rows]
+        return page("access.html", live=live, rows=rows)
 
     return router
 
