@@ -249,3 +249,59 @@ def test_share_view_revoke_denied_and_logged(vault_env: Any, served: str) -> Non
             assert [m for m in console_errors if "Content Security Policy" in m] == []
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_other_pages_fit_a_phone(vault_env: Any, served: str) -> None:
+    """Sign-in, authenticator set-up (QR code and key), the privacy officer's alerts: no sideways
+    scroll at 360 px, and the officer's navigation offers alerts only."""
+    from playwright.sync_api import sync_playwright
+
+    from medvault.audit import alerts
+
+    env, base = vault_env, served
+    with open_vault(env) as v:
+        decoy = service.create(vault=v, resource={"resourceType": "Patient", "gender": "other"}).rid
+    with unit_of_work(env.factory) as session:
+        alerts.mark_decoy(session=session, crypto=env.crypto, patient_id=decoy)
+    with open_vault(env) as v:
+        service.read(vault=v, rtype="Patient", rid=decoy)  # raises a honeytoken alert
+    officer = _account(env, login="po@example.org", password="privacy officer passphrase", role="privacy-officer")
+    with unit_of_work(env.factory) as session:  # a patient without an authenticator yet
+        accounts.create_account(
+            session=session,
+            crypto=env.crypto,
+            hasher=Hasher(),
+            login=PATIENT_LOGIN,
+            password=PATIENT_PASSWORD,
+            role="patient",
+            patient_id=decoy,
+            now=datetime.now(UTC),
+        )
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_context(viewport=PHONE).new_page()
+            page.goto(f"{base}/login")
+            _no_sideways_scroll(page)
+            _sign_in(page, base, "po@example.org", "privacy officer passphrase", officer)
+            _no_sideways_scroll(page)
+            assert page.locator("nav.main a").all_inner_texts() == ["Alerts"]
+            page.locator("nav.main a", has_text="Alerts").click()
+            page.wait_for_url(f"{base}/alerts")
+            assert page.get_by_text("Decoy record touched").count() == 1
+            assert decoy not in page.content()
+            _no_sideways_scroll(page)
+
+            other = browser.new_context(viewport=PHONE).new_page()
+            other.goto(f"{base}/login")
+            other.get_by_label("Login name").fill(PATIENT_LOGIN)
+            other.get_by_label("Password").fill(PATIENT_PASSWORD)
+            other.get_by_role("button", name="Sign in").click()
+            other.wait_for_url(f"{base}/")
+            other.goto(f"{base}/me/authenticator")
+            assert other.get_by_alt_text("QR code for your authenticator app").is_visible()
+            _no_sideways_scroll(other)
+        finally:
+            browser.close()
