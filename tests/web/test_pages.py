@@ -1,5 +1,6 @@
-"""Sign-in pages and "who accessed my record" on both backends, through the real app (cookies,
-CSP, CSRF, second factor); the browser-driven flow comes with the rest of the pages."""
+"""The pages on both backends through the real app (cookies, CSP, CSRF, origin, second factor):
+sign-in, the patient's pages, the clinician's "my patients" and patient record, the privacy
+officer's alerts. The same flow in a real browser is tests/web/test_browser.py."""
 
 from __future__ import annotations
 
