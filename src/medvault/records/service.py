@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from medvault.access.consent import Grant, grant_from_consent
 from medvault.access.policy import may_read_access_log
 from medvault.audit import log as audit_log
 from medvault.fhir import parse as fhir_parse
@@ -26,11 +27,13 @@ from medvault.records.vault import Vault, get_head, load_current, open_version, 
 from medvault.store.models import Resource, ResourceVersion
 
 __all__ = [
+    "GrantedPatient",
     "HistoryEntry",
     "Written",
     "create",
     "delete",
     "everything",
+    "granted_patients",
     "history",
     "read",
     "search",
@@ -304,6 +307,56 @@ def search(
     result = record_search.search(vault, rtype, params, strict=strict, visible=visibility)
     visibility.audit()
     return result
+
+
+@dataclass(frozen=True)
+class GrantedPatient:
+    patient: dict[str, Any]  # the Patient as the caller may see it
+    grant: Grant
+
+
+def granted_patients(*, vault: Vault, now: datetime, limit: int = 500) -> list[GrantedPatient]:
+    """The patients with a grant in force naming the calling clinician's Practitioner, each with
+    that grant (the one ending last when there are several).
+
+    Both lookups are ordinary searches as the caller, so the one decision point judges every hit
+    and each patient's access log shows the look-up. The Consent search goes through the keyed
+    `actor` and `status` tokens (not a scan of every patient's Consents). Grants not in force
+    (expired, not yet started) are dropped before the decision: the clinician asked only for
+    current grants, so an old one must not log a refusal in that patient's access log. (No
+    `period` search here: a grant without an end has no period, and FHIR date search never
+    matches a missing element.)"""
+    actor = guard.caller_of(vault).actor
+    if actor is None or actor.role != "clinician" or actor.practitioner_id is None:
+        return []
+    grantee = f"Practitioner/{actor.practitioner_id}"
+
+    def current(consent: dict[str, Any]) -> bool:
+        grant = grant_from_consent(consent)
+        return grant is not None and grant.grantee == grantee and grant.in_force(now)
+
+    visibility = guard.Visibility(vault, action="search", interaction="search-type")
+    consents = record_search.search(
+        vault,
+        "Consent",
+        [("actor", grantee), ("status", "active"), ("_count", str(min(limit, record_search.MAX_COUNT)))],
+        visible=lambda doc: current(doc) and visibility(doc),
+    ).resources
+    visibility.audit()
+    best: dict[str, Grant] = {}
+    for consent in consents:
+        grant = grant_from_consent(consent)
+        if grant is None:
+            continue
+        held = best.get(grant.patient_id)
+        if held is None or (held.end is not None and (grant.end is None or grant.end > held.end)):
+            best[grant.patient_id] = grant
+    if not best:
+        return []
+    patients = search(
+        vault=vault, rtype="Patient", params=[("_id", ",".join(sorted(best))), ("_count", str(len(best)))]
+    ).resources
+    return [GrantedPatient(patient=p, grant=best[str(p["id"])]) for p in patients if str(p.get("id")) in best]
 
 
 def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
