@@ -259,6 +259,7 @@ def offline_page(*, summary_jwe: str, title: str) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="{html.escape(csp)}">
 <meta name="referrer" content="no-referrer">
+<link rel="icon" href="data:,">
 <title>{html.escape(title)}</title>
 <style>{style}</style>
 </head>
