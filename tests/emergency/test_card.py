@@ -127,6 +127,32 @@ def test_wallet_card_refuses_bad_text(label: str, alerts: list[str]) -> None:
     assert "\x07" not in info.value.message
 
 
+def test_wallet_card_prints_accented_names_and_refuses_what_its_font_cannot() -> None:
+    pdf = card.wallet_card_pdf(link_text=_link(), label="Zoë Ørsted-Müller", alerts=["Allergie à la pénicilline"])
+    text = PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+    assert "Zoë Ørsted-Müller" in text
+    assert "Allergie à la pénicilline" in text
+    # Neither DejaVu Sans nor the bundled Vera has CJK glyphs: refused, never printed as empty boxes.
+    with pytest.raises(CardError, match="cannot print"):
+        card.wallet_card_pdf(link_text=_link(), label="山田 花子", alerts=[])
+
+
+def test_wallet_card_falls_back_to_the_font_reportlab_ships(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A machine without fonts-dejavu still makes cards, with Bitstream Vera from inside reportlab.
+    monkeypatch.setattr(
+        card, "_FONT_CANDIDATES", (("/nonexistent/DejaVuSans.ttf", "/nonexistent/B.ttf"), *card._FONT_CANDIDATES[1:])
+    )
+    card._fonts.cache_clear()
+    try:
+        pdf = card.wallet_card_pdf(link_text=_link(), label="Zoë's card", alerts=[ALERT])
+        reader = PdfReader(io.BytesIO(pdf))
+        assert "Zoë's card" in reader.pages[0].extract_text()
+        fonts = reader.pages[0]["/Resources"]["/Font"]
+        assert any("Vera" in str(f.get_object()["/BaseFont"]) for f in fonts.values())
+    finally:
+        card._fonts.cache_clear()
+
+
 def test_wallet_card_refuses_an_invalid_link() -> None:
     with pytest.raises(ShlPayloadError):
         card.wallet_card_pdf(link_text="https://example.org/not-a-link", label=LABEL, alerts=[])

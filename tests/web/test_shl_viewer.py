@@ -57,6 +57,7 @@ class FakeLink:
     remaining: int = 3
     status: str = "active"
     embedded: bool = False
+    stale_locations: int = 0  # hand out this many already-spent locations first
 
 
 @dataclass
@@ -129,7 +130,10 @@ def _app(server: FakeServer) -> ASGIApp:
             entry["embedded"] = link.token
         else:
             location = secrets.token_urlsafe(32)
-            server.locations[location] = link.token
+            if link.stale_locations > 0:
+                link.stale_locations -= 1  # never registered: GET answers 404, as for a spent location
+            else:
+                server.locations[location] = link.token
             entry["location"] = f"{server.base}/shl/f/{location}"
         return JSONResponse({"files": [entry]})
 
@@ -305,6 +309,21 @@ def test_a_wrong_passcode_shows_the_remaining_attempts_then_the_right_one_opens(
     assert PASSCODE in server.log_text()  # the passcode is sent (in the POST body), the key is not
     # Chromium reports the 401 itself as a console error; nothing else may appear.
     assert [p for p in page.problems if "status of 401" not in p] == []
+
+
+def test_a_spent_location_makes_the_viewer_ask_the_manifest_again(
+    server: FakeServer, page: Any, summary: Summary
+) -> None:
+    key = shl.new_key()
+    link_text = _link(server, FakeLink(token=encrypt(summary, key), stale_locations=1), key)
+    start = len(server.log)
+    _open(page, link_text)
+    _assert_summary_shown(page)
+    posts = [e for e in server.log[start:] if e["method"] == "POST"]
+    files = [e for e in server.log[start:] if e["path"].startswith("/shl/f/")]
+    assert (len(posts), len(files)) == (2, 2)
+    expect(page.locator("button.shl-print")).to_be_visible()
+    assert [p for p in page.problems if "status of 404" not in p] == []
 
 
 def test_a_revoked_link_says_revoked_or_expired(server: FakeServer, page: Any, summary: Summary) -> None:

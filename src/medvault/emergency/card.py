@@ -25,18 +25,22 @@ What each artefact holds, and why:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import io
 import json
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Final
 
 import segno
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import mm
 from reportlab.lib.utils import ImageReader, simpleSplit
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen import canvas
 
 from medvault.emergency import jwe
@@ -56,6 +60,14 @@ QR_ERROR: Final = "q"
 LINK_FILE: Final = "emergency-link.txt"
 QR_FILE: Final = "emergency-qr.png"
 HTML_FILE: Final = "emergency.html"
+
+#: Card fonts, embedded (subset) in the PDF. DejaVu Sans (Debian's fonts-dejavu-core) covers most
+#: scripts' Latin, Greek and Cyrillic names; Bitstream Vera ships inside reportlab itself, so a card
+#: can always be made. Text the chosen font cannot draw is refused, never printed as empty boxes.
+_FONT_CANDIDATES: Final = (
+    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
+    ("Vera.ttf", "VeraBd.ttf"),
+)
 
 _STATIC = "medvault.web.static"
 VIEWER_SCRIPT: Final = "shl-viewer.js"
@@ -83,6 +95,28 @@ def qr_png(text: str, *, scale: int = 8) -> bytes:
     return out.getvalue()
 
 
+@dataclass(frozen=True)
+class _Fonts:
+    regular: str
+    bold: str
+    printable: frozenset[int]  # code points both faces can draw
+
+
+@functools.cache
+def _fonts() -> _Fonts:
+    """Register the first available card font pair once, under names of its own files."""
+    for regular, bold in _FONT_CANDIDATES:
+        if regular.startswith("/") and not (Path(regular).is_file() and Path(bold).is_file()):
+            continue
+        names = ("MedvaultCard-" + Path(regular).stem, "MedvaultCard-" + Path(bold).stem)
+        faces = (TTFont(names[0], regular), TTFont(names[1], bold))
+        for face in faces:
+            pdfmetrics.registerFont(face)
+        printable = frozenset(faces[0].face.charToGlyph) & frozenset(faces[1].face.charToGlyph)
+        return _Fonts(regular=names[0], bold=names[1], printable=printable)
+    raise CardError("no font for the card")  # unreachable: reportlab ships Vera
+
+
 def _check_card_text(label: str, alerts: tuple[str, ...] | list[str]) -> tuple[str, list[str]]:
     label = label.strip()
     if not label:
@@ -99,9 +133,12 @@ def _check_card_text(label: str, alerts: tuple[str, ...] | list[str]) -> tuple[s
         if len(text) > MAX_ALERT_CHARS:
             raise CardError(f"a printed alert is longer than {MAX_ALERT_CHARS} characters")
         cleaned.append(text)
+    printable = _fonts().printable
     for text in (label, *cleaned):
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
             raise CardError("card text must not contain control characters")
+        if any(ord(c) not in printable for c in text):
+            raise CardError("card text has characters the card's font cannot print")
     return label, cleaned
 
 
@@ -113,6 +150,7 @@ def wallet_card_pdf(*, link_text: str, label: str, alerts: tuple[str, ...] | lis
     """
     parse_shlink(link_text)  # a card with an unreadable link would fail when it matters most
     label, printed = _check_card_text(label, alerts)
+    fonts = _fonts()
     out = io.BytesIO()
     c = canvas.Canvas(out, pagesize=A4, pageCompression=1, invariant=True)
     c.setTitle("Emergency card")
@@ -123,17 +161,17 @@ def wallet_card_pdf(*, link_text: str, label: str, alerts: tuple[str, ...] | lis
     w, h = CARD_WIDTH_MM * mm, CARD_HEIGHT_MM * mm
     x0, y_fold = 20 * mm, page_h - 20 * mm - h  # front above the fold line, back below it
 
-    c.setFont("Helvetica", 9)
+    c.setFont(fonts.regular, 9)
     c.drawString(x0, page_h - 12 * mm, "Print at 100 % (actual size). Cut along the solid line, fold along the dashed")
     c.drawString(x0, page_h - 16 * mm, "line, and keep the card in your wallet. Turn the card over to read the back.")
 
-    _front(c, x0=x0, y0=y_fold, w=w, h=h, link_text=link_text, label=label)
+    _front(c, fonts, x0=x0, y0=y_fold, w=w, h=h, link_text=link_text, label=label)
     # The back is drawn upside down below the fold: folded behind the front and turned over like a
     # bank card (left to right), it reads the right way up.
     c.saveState()
     c.translate(x0 + w, y_fold)
     c.rotate(180)
-    _back(c, w=w, h=h, alerts=printed)
+    _back(c, fonts, w=w, h=h, alerts=printed)
     c.restoreState()
 
     c.setLineWidth(0.5)
@@ -142,19 +180,21 @@ def wallet_card_pdf(*, link_text: str, label: str, alerts: tuple[str, ...] | lis
     c.setDash(3, 2)
     c.line(x0, y_fold, x0 + w, y_fold)  # fold line
     c.setDash()
-    c.setFont("Helvetica", 7)
+    c.setFont(fonts.regular, 7)
     c.drawString(x0 + w + 3 * mm, y_fold - 1 * mm, "fold")
     c.showPage()
     c.save()
     return out.getvalue()
 
 
-def _front(c: canvas.Canvas, *, x0: float, y0: float, w: float, h: float, link_text: str, label: str) -> None:
+def _front(
+    c: canvas.Canvas, fonts: _Fonts, *, x0: float, y0: float, w: float, h: float, link_text: str, label: str
+) -> None:
     band = 9 * mm
     c.setFillColorRGB(0.72, 0.07, 0.07)
     c.rect(x0, y0 + h - band, w, band, stroke=0, fill=1)
     c.setFillColorRGB(1, 1, 1)
-    c.setFont("Helvetica-Bold", 10)
+    c.setFont(fonts.bold, 10)
     c.drawString(x0 + 4 * mm, y0 + h - band + 3 * mm, "EMERGENCY MEDICAL INFORMATION")
 
     qr_size = h - band - 4 * mm
@@ -165,30 +205,30 @@ def _front(c: canvas.Canvas, *, x0: float, y0: float, w: float, h: float, link_t
     text_w = x0 + w - 3 * mm - text_x
     c.setFillColorRGB(0, 0, 0)
     y = y0 + h - band - 6 * mm
-    c.setFont("Helvetica-Bold", 10)
-    for line in simpleSplit(label, "Helvetica-Bold", 10, text_w)[:3]:
+    c.setFont(fonts.bold, 10)
+    for line in simpleSplit(label, fonts.bold, 10, text_w)[:3]:
         c.drawString(text_x, y, line)
         y -= 4.5 * mm
     y -= 1.5 * mm
-    c.setFont("Helvetica", 7.5)
-    for line in simpleSplit(CARD_TAGLINE, "Helvetica", 7.5, text_w):
+    c.setFont(fonts.regular, 7.5)
+    for line in simpleSplit(CARD_TAGLINE, fonts.regular, 7.5, text_w):
         c.drawString(text_x, y, line)
         y -= 3.5 * mm
 
 
-def _back(c: canvas.Canvas, *, w: float, h: float, alerts: list[str]) -> None:
+def _back(c: canvas.Canvas, fonts: _Fonts, *, w: float, h: float, alerts: list[str]) -> None:
     c.setFillColorRGB(0.72, 0.07, 0.07)
-    c.setFont("Helvetica-Bold", 9)
+    c.setFont(fonts.bold, 9)
     c.drawString(4 * mm, h - 7 * mm, "ALERTS" if alerts else "EMERGENCY MEDICAL INFORMATION")
     c.setFillColorRGB(0, 0, 0)
     y = h - 12 * mm
     size = 7.5
     if not alerts:
-        lines = simpleSplit("Scan the code on the front with a phone camera.", "Helvetica", size, w - 8 * mm)
+        lines = simpleSplit("Scan the code on the front with a phone camera.", fonts.regular, size, w - 8 * mm)
         alerts_lines = [lines]
     else:
-        alerts_lines = [simpleSplit("\u2022 " + a, "Helvetica", size, w - 8 * mm) for a in alerts]
-    c.setFont("Helvetica", size)
+        alerts_lines = [simpleSplit("\u2022 " + a, fonts.regular, size, w - 8 * mm) for a in alerts]
+    c.setFont(fonts.regular, size)
     bottom = 8 * mm
     for lines in alerts_lines:
         for line in lines:
@@ -197,7 +237,7 @@ def _back(c: canvas.Canvas, *, w: float, h: float, alerts: list[str]) -> None:
                 return
             c.drawString(4 * mm, y, line)
             y -= size * 0.45 * mm
-    c.setFont("Helvetica", 6)
+    c.setFont(fonts.regular, 6)
     c.setFillColorRGB(0.35, 0.35, 0.35)
     c.drawString(4 * mm, 3 * mm, "Alerts printed as chosen by the card holder.")
 

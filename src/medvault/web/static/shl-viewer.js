@@ -328,13 +328,22 @@
     return manifest.files;
   }
 
+  class LocationGone extends ShlViewerError {}
+
   async function fileText(entry) {
     if (typeof entry.embedded === "string") return entry.embedded;
     if (typeof entry.location !== "string") throw new ShlViewerError("The link's server sent an unreadable answer.");
     const resp = await fetchOrFail(entry.location, { method: "GET", headers: { accept: "application/jose" } });
-    if (resp.status === 404) throw unavailable();
+    if (resp.status === 404) throw new LocationGone("A file's download address had expired.");
     if (!resp.ok) throw new ShlViewerError("A file could not be downloaded (status " + resp.status + ").");
     return resp.text();
+  }
+
+  async function manifestTokens(link, recipient, passcode) {
+    const files = await readManifest(link, recipient, passcode);
+    const fhir = files.filter((f) => f && f.contentType === "application/fhir+json");
+    if (!fhir.length) throw new ShlViewerError("The link holds no patient summary this viewer can show.");
+    return Promise.all(fhir.map(fileText));
   }
 
   async function openLink(link, recipient, passcode, target) {
@@ -347,10 +356,13 @@
       if (!resp.ok) throw new ShlViewerError("The link's server could not answer (status " + resp.status + ").");
       tokens = [await resp.text()];
     } else {
-      const files = await readManifest(link, recipient, passcode);
-      const fhir = files.filter((f) => f && f.contentType === "application/fhir+json");
-      if (!fhir.length) throw new ShlViewerError("The link holds no patient summary this viewer can show.");
-      tokens = await Promise.all(fhir.map(fileText));
+      try {
+        tokens = await manifestTokens(link, recipient, passcode);
+      } catch (e) {
+        // A location is short-lived and single-use: the spec has receivers ask the manifest again.
+        if (!(e instanceof LocationGone)) throw e;
+        tokens = await manifestTokens(link, recipient, passcode);
+      }
     }
     target.replaceChildren();
     for (const token of tokens) {
@@ -359,6 +371,14 @@
       target.appendChild(holder);
       renderFile(file, holder);
     }
+    addPrintButton(target);
+  }
+
+  function addPrintButton(target) {
+    const button = el("button", "Print this summary", "shl-print");
+    button.type = "button";
+    button.addEventListener("click", () => window.print());
+    target.prepend(button);
   }
 
   function startOnline(app) {
@@ -438,8 +458,10 @@
         const link = parseShlink(input.value, { allowBareKey: true });
         const file = await decryptJwe(holder.textContent, link.key);
         renderFile(file, target);
+        addPrintButton(target);
         input.value = "";
         form.hidden = true;
+        for (const intro of document.querySelectorAll(".shl-intro")) intro.hidden = true;
         status("", null);
       } catch (e) {
         status(e instanceof ShlViewerError ? e.message : "The summary could not be shown.", "error");
@@ -457,8 +479,13 @@
     } catch (_e) {
       config = {};
     }
-    if (config.mode === "offline") startOffline(app);
-    else startOnline(app);
+    if (config.mode === "offline") {
+      startOffline(app);
+    } else {
+      // Another link opened in this tab changes only the fragment: start over with it.
+      window.addEventListener("hashchange", () => location.reload());
+      startOnline(app);
+    }
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
