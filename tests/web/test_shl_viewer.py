@@ -444,3 +444,27 @@ def test_the_offline_page_says_so_when_the_key_is_wrong(page: Any, summary: Summ
     page.fill("#shl-key", "not a key")
     page.click("#shl-key-form button[type=submit]")
     expect(page.locator("#shl-status")).to_contain_text("not an emergency link")
+
+
+SPEC_VECTORS = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "smart-health-links" / "hl7-spec-vectors"
+)
+
+
+@pytest.mark.skipif(not SPEC_VECTORS.is_dir(), reason="shared SHL spec vectors not present")
+def test_the_browser_decryptor_opens_the_specs_own_ips_vector(page: Any, tmp_path: Path) -> None:
+    # An independent encryptor (the HL7 spec's 81 KB IPS file, no cty, an extra kid) checks our
+    # WebCrypto path, and an IPS Bundle made elsewhere checks the renderer and the section order.
+    details = json.loads((SPEC_VECTORS / "IPS_IG-bundle-01-shl-details.json").read_bytes())
+    token = (SPEC_VECTORS / "IPS_IG-bundle-01-enc.txt").read_text(encoding="ascii")
+    html_file = tmp_path / card.HTML_FILE
+    html_file.write_text(card.offline_page(summary_jwe=token, title="Spec IPS vector"), encoding="utf-8")
+    page.goto(html_file.as_uri())
+    page.fill("#shl-key", details["shlinkBare"])
+    page.click("#shl-key-form button[type=submit]")
+    summary_node = page.locator("#shl-summary")
+    expect(summary_node).to_contain_text("Allergy to penicillin, high criticality")
+    expect(summary_node).to_contain_text("Hot flushes")
+    titles = summary_node.locator("section.shl-section h2").all_text_contents()
+    assert titles[:3] == ["Allergies and Intolerances", "Active Problems", "Medication"]
+    assert page.problems == []
