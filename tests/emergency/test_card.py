@@ -213,3 +213,20 @@ def test_flash_drive_bundle_refuses_a_jwe_the_link_key_cannot_open() -> None:
 def test_offline_page_refuses_anything_but_a_compact_jwe() -> None:
     with pytest.raises(JweError):
         card.offline_page(summary_jwe="</script><script>alert(1)</script>", title="x")
+
+
+def test_the_viewer_script_has_no_channel_a_key_could_leak_through() -> None:
+    # The key lives in a closure and goes only to crypto.subtle.importKey. A console line, persistent
+    # storage or HTML injection would each be a way out (or in): none may appear in the script.
+    script = card._static_text(card.VIEWER_SCRIPT)
+    for banned in (
+        "console.",
+        "localStorage",
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "eval(",
+        "document.write",
+    ):
+        assert banned not in script, banned
+    assert script.count("importKey(") == 1

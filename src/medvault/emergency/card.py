@@ -69,7 +69,7 @@ _FONT_CANDIDATES: Final = (
     ("Vera.ttf", "VeraBd.ttf"),
 )
 
-_STATIC = "medvault.web.static"
+_WEB_PACKAGE = "medvault.web"  # its static/ folder holds the viewer script and style
 VIEWER_SCRIPT: Final = "shl-viewer.js"
 VIEWER_STYLE: Final = "shl-viewer.css"
 
@@ -268,7 +268,7 @@ def flash_drive_bundle(*, link_text: str, summary_jwe: str, label: str | None = 
 
 
 def _static_text(name: str) -> str:
-    return resources.files(_STATIC).joinpath(name).read_text(encoding="utf-8")
+    return resources.files(_WEB_PACKAGE).joinpath("static", name).read_text(encoding="utf-8")
 
 
 def _csp_hash(text: str) -> str:
