@@ -37,9 +37,12 @@ def test_qr_png_decodes_to_the_exact_link(tmp_path: Path) -> None:
     assert link.startswith(VIEWER + "#shlink:/")
 
 
-def test_qr_error_correction_is_at_least_q() -> None:
-    # Q or better survives a scuffed card; boost_error may raise it to H when the data still fits.
-    assert card._qr(_link()).error in {"Q", "H"}
+def test_qr_error_correction_is_at_least_m_and_boosted_when_free() -> None:
+    code = card._qr(_link())
+    assert code.error in {"M", "Q", "H"}
+    assert not code.is_micro  # phone cameras do not read Micro QR
+    # A short text fits a small symbol with room to spare: segno raises the level at no size cost.
+    assert card._qr("shlink:/x").error in {"Q", "H"}
 
 
 def test_qr_svg_is_an_svg_of_the_same_code() -> None:

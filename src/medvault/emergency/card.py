@@ -6,9 +6,9 @@ a page decides where the bytes go.
 
 What each artefact holds, and why:
 
-* **QR** (segno, error correction Q, boosted when the data still fits): the full viewer link, so any
+* **QR** (segno, error correction M, boosted when the symbol size allows): the full viewer link, so any
   phone camera opens the responder viewer; the key travels in the URL fragment, which browsers never
-  send to the server. Level Q survives a scuffed or partly covered wallet card.
+  send to the server.
 * **Wallet card** (reportlab): an A4 page with a credit-card-sized (ISO/IEC 7810 ID-1, 85.6 x 54 mm)
   front and a fold-over back, drawn at actual size with a solid cut line and a dashed fold line. The
   front has the QR, the patient's label and "Emergency medical information - scan with a phone camera";
@@ -55,7 +55,10 @@ CARD_TAGLINE: Final = "Emergency medical information \u2014 scan with a phone ca
 MAX_PRINTED_ALERTS: Final = 8
 MAX_ALERT_CHARS: Final = 200
 MAX_LABEL_CHARS: Final = 80
-QR_ERROR: Final = "q"
+#: Level M, boosted by segno to Q or H whenever that needs no bigger symbol. A ~270-character link is
+#: version 12 at M (0.56 mm modules on the card) but version 15 at Q (0.48 mm): on a 41 mm code,
+#: larger modules help a phone more than extra redundancy does.
+QR_ERROR: Final = "m"
 
 LINK_FILE: Final = "emergency-link.txt"
 QR_FILE: Final = "emergency-qr.png"
