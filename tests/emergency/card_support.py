@@ -23,6 +23,7 @@ NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 ALERT = "Irradiated blood only - fludarabine-treated patient"
 ALLERGY = "Allergy to bee venom"
 LABEL = "Reyna's emergency card"
+CONTACT = "Maribel Okafor"
 
 needs_data = pytest.mark.skipif(not REYNA.is_file(), reason="shared Synthea data not present")
 
@@ -37,10 +38,29 @@ class Summary:
 
 def reyna_summary() -> Summary:
     resources = [e["resource"] for e in json.loads(REYNA.read_bytes())["entry"]]
-    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    patient = dict(next(r for r in resources if r["resourceType"] == "Patient"))
+    # Synthea writes no contacts; a responder's viewer must show them, so the test patient gets one.
+    patient["contact"] = [
+        {
+            "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "C"}]}],
+            "name": {"given": ["Maribel"], "family": "Okafor"},
+            "telecom": [{"system": "phone", "value": "+1 555 0100 222"}],
+        }
+    ]
+    resources = [patient if r["resourceType"] == "Patient" else r for r in resources]
     bundle = build_summary(patient=patient, resources=resources, now=NOW, options=SummaryOptions(extra_alerts=(ALERT,)))
     plaintext = json.dumps(bundle, separators=(",", ":")).encode("utf-8")
-    canaries = ["Reyna", "Ziemann", ALERT, ALLERGY, "Allergy to dairy product", "Prediabetes", "Hydrochlorothiazide"]
+    canaries = [
+        "Reyna",
+        "Ziemann",
+        ALERT,
+        ALLERGY,
+        "Allergy to dairy product",
+        "Prediabetes",
+        "Hydrochlorothiazide",
+        CONTACT,
+        "555 0100 222",
+    ]
     for canary in canaries:
         assert canary.encode() in plaintext  # a canary the summary lacks would prove nothing
     return Summary(bundle=bundle, plaintext=plaintext, canaries=canaries)

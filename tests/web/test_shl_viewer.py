@@ -34,7 +34,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medvault.emergency import card, jwe, shl
 from medvault.web.shl_viewer import VIEWER_HEADERS, render_viewer
-from tests.emergency.card_support import ALERT, ALLERGY, Summary, encrypt, needs_data, reyna_summary, zbar_decode
+from tests.emergency.card_support import (
+    ALERT,
+    ALLERGY,
+    CONTACT,
+    Summary,
+    encrypt,
+    needs_data,
+    reyna_summary,
+    zbar_decode,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -241,9 +250,17 @@ def _assert_summary_shown(page: Any) -> None:
     alerts = page.locator("#shl-summary section.shl-alerts")
     expect(alerts).to_contain_text(ALERT)
     expect(page.locator("#shl-summary")).to_contain_text(ALLERGY)
-    # Alerts first, then allergies, problems, medications.
+    expect(page.locator("#shl-summary")).to_contain_text(CONTACT)
+    # Alerts first, then allergies, problems, medications, contacts; the rest after.
     titles = page.locator("#shl-summary section.shl-section h2").all_text_contents()
-    assert titles[:4] == ["Alerts", "Allergies and intolerances", "Active problems", "Medication summary"]
+    assert titles[:5] == [
+        "Alerts",
+        "Allergies and intolerances",
+        "Active problems",
+        "Medication summary",
+        "Emergency contacts",
+    ]
+    assert "Immunizations" in titles[5:]
 
 
 def test_qr_opens_the_viewer_which_decrypts_the_summary_and_never_sends_the_key(
