@@ -233,3 +233,12 @@ def test_the_viewer_script_has_no_channel_a_key_could_leak_through() -> None:
     ):
         assert banned not in script, banned
     assert script.count("importKey(") == 1
+
+
+def test_alerts_that_overflow_the_back_end_with_a_pointer_to_the_code() -> None:
+    alerts = [f"Alert number {i}: " + "very long explanation of a blood-product notice " * 3 for i in range(8)]
+    pdf = card.wallet_card_pdf(link_text=_link(), label=LABEL, alerts=alerts)
+    text = " ".join(PdfReader(io.BytesIO(pdf)).pages[0].extract_text().split())
+    assert "Alert number 0:" in text
+    assert "Alert number 7:" not in text  # it did not fit ...
+    assert "\u2026 see the full list by scanning the code" in text  # ... and the card says so
