@@ -69,3 +69,7 @@ class ShlProtocolError(ShlError):
     """The server answered outside the protocol: unexpected status, bad manifest, mismatched types."""
 
     code = "exception"
+
+
+class CardError(ShlError):
+    """The emergency card cannot be made from this input (empty label, too many alerts, bad link)."""
