@@ -254,7 +254,7 @@ class TokenRecord:
 def store_token(
     *,
     session: Session,
-    crypto: CryptoContext,
+    crypto: CryptoContext | None,
     access_token: str,
     refresh_token: str | None,
     client_id: str | None,
@@ -267,6 +267,16 @@ def store_token(
     expires: bool = True,
 ) -> str:
     token_id = secrets.token_hex(16)
+    system = client_id is None and account_id is None
+    if system and (scope != SYSTEM_SCOPE or patient is not None):
+        raise AppError("an operator token has the scope system/*.cruds and no patient")
+    # An operator token's scope is fixed and names no one: nothing to seal (and no data key to make
+    # when `medvault init` issues the first one).
+    if system:
+        sealed = b""
+    else:
+        assert crypto is not None, "an app token is sealed"
+        sealed = _seal(session, crypto, "token", token_id.encode(), {"scope": scope, "patient": patient})
     session.add(
         OAuthToken(
             id=token_id,
@@ -275,7 +285,7 @@ def store_token(
             family=family or secrets.token_hex(16),
             client_id=client_id,
             account_id=account_id,
-            sealed=_seal(session, crypto, "token", token_id.encode(), {"scope": scope, "patient": patient}),
+            sealed=sealed,
             granted=granted,
             issued=now,
             access_expires=now + ACCESS_LIFETIME if expires else None,
@@ -287,8 +297,14 @@ def store_token(
     return token_id
 
 
+def _sealed(session: Session, crypto: CryptoContext, row: OAuthToken) -> dict[str, Any]:
+    if row.account_id is None and row.client_id is None:
+        return {"scope": SYSTEM_SCOPE, "patient": None}
+    return _open(session, crypto, "token", row.id.encode(), row.sealed)
+
+
 def _record(session: Session, crypto: CryptoContext, row: OAuthToken) -> TokenRecord:
-    sealed = _open(session, crypto, "token", row.id.encode(), row.sealed)
+    sealed = _sealed(session, crypto, row)
     return TokenRecord(
         row.id,
         row.family,
@@ -330,9 +346,11 @@ def revoke_family(*, session: Session, family: str, now: datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def issue_system_token(*, session: Session, crypto: CryptoContext, now: datetime) -> str:
+def issue_system_token(*, session: Session, crypto: CryptoContext | None, now: datetime) -> str:
     """An operator token (scope system/*.cruds) for bulk work from the CLI. It does not expire;
-    `revoke_system_tokens` or a new `medvault token issue --system --replace` ends it."""
+    `revoke_system_tokens` or a new `medvault token issue --system --replace` ends it.
+    Audited when given `crypto`; `medvault init` gives none for the first token of a new store (its
+    access log starts empty, and init must not need the store's keys to be usable yet)."""
     token = new_secret()
     store_token(
         session=session,
@@ -348,7 +366,8 @@ def issue_system_token(*, session: Session, crypto: CryptoContext, now: datetime
         now=now,
         expires=False,
     )
-    audit(session=session, crypto=crypto, actor=None, client_id=None, what="token-issue", patient_id=None, ok=True)
+    if crypto is not None:
+        audit(session=session, crypto=crypto, actor=None, client_id=None, what="token-issue", patient_id=None, ok=True)
     return token
 
 
@@ -364,9 +383,12 @@ def revoke_system_tokens(*, session: Session, crypto: CryptoContext, now: dateti
     return count
 
 
-def system_token_valid(*, session: Session, crypto: CryptoContext, token: str, now: datetime) -> bool:
-    found = find_token(session=session, crypto=crypto, value=token, kind="access")
-    return found is not None and found.account_id is None and found.client_id is None and found.revoked is None
+def system_token_valid(*, session: Session, token: str) -> bool:
+    """Whether `token` is a live operator token (no keys needed: nothing of it is sealed)."""
+    if not token or len(token) > 256:
+        return False
+    row = session.scalars(select(OAuthToken).where(OAuthToken.access_hash == digest(token))).first()
+    return row is not None and row.account_id is None and row.client_id is None and row.revoked is None
 
 
 # -- bearer tokens on /fhir --------------------------------------------------------------------
@@ -406,7 +428,7 @@ def resolve_bearer(*, session: Session, crypto: CryptoContext, token: str, now: 
             return None
     elif row.client_id is not None:
         return None  # an app token always acts for an account
-    sealed = _open(session, crypto, "token", row.id.encode(), row.sealed)
+    sealed = _sealed(session, crypto, row)
     stale = row.last_used is None or now - row.last_used > _TOUCH_EVERY
     return Bearer(actor, row.client_id, sc.parse(sealed["scope"]), sealed.get("patient"), row.id, stale)
 

@@ -93,13 +93,15 @@ def _ensure_operator_token(settings: Settings, factory: Any) -> bool:
     """Keep a token file whose token is live in the table; otherwise issue one and write it."""
     now = datetime.now(UTC)
     with unit_of_work(factory) as session:
-        crypto = build_crypto(settings, session)
         try:
             current = settings.token_path.read_text().strip()
         except FileNotFoundError:
             current = ""
-        if current and smart_tokens.system_token_valid(session=session, crypto=crypto, token=current, now=now):
+        if current and smart_tokens.system_token_valid(session=session, token=current):
             return False
+        # Not audited when the store is new (its log starts empty); audited when it replaces a
+        # token file from before SMART, which needs the store's keys.
+        crypto = build_crypto(settings, session) if current else None
         token = smart_tokens.issue_system_token(session=session, crypto=crypto, now=now)
         write_token_file(settings.token_path, token)
     return True
