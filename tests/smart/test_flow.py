@@ -122,6 +122,7 @@ def test_redirect_uri_must_match_exactly(world: World, client: Any) -> None:
         page = client.get("/oauth/authorize", params=auth_params(world, "patient/Observation.rs", p, redirect_uri=bad))
         assert page.status_code == 400  # an error page here, never a redirect to an unchecked URL
         assert "location" not in page.headers
+        assert "evil.example" not in page.text  # and the page does not quote the request
     unknown = client.get("/oauth/authorize", params=auth_params(world, "patient/Observation.rs", p, client_id="nope"))
     assert unknown.status_code == 400
     # At the token endpoint too: the code is bound to the redirect URI it was issued for.

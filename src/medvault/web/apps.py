@@ -78,8 +78,8 @@ def _error(error: OAuth2Error) -> Response:
     if error.redirect_uri:
         status, _body, headers = error()
         return _redirect(OAuthResponse(int(status), "", [(str(k), str(v)) for k, v in headers]))
-    description = error.description or error.error
-    message = f"This app's sign-in request is not valid: {description}"
+    # The error code only: Authlib's descriptions can quote the request (a redirect URI).
+    message = f"This app's sign-in request is not valid ({error.error}); nothing was shared with it."
     return pages.page("base.html", status=400, live=None, message=message)
 
 
@@ -166,7 +166,8 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
         except pages.SignInRequired:
             here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse("/login?next=" + quote(here, safe=""), status_code=303)
-        return consent(request, live, list(request.query_params.multi_items()), None)
+        params = [(k, v) for k, v in request.query_params.multi_items() if k not in _CONTROL]
+        return consent(request, live, params, None)
 
     @router.post("/oauth/authorize")
     async def decide(request: Request) -> Response:
