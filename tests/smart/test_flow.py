@@ -261,3 +261,45 @@ def test_smart_configuration(world: World, client: Any) -> None:
         assert capability in body["capabilities"]
     for scope in ("openid", "fhirUser", "launch/patient", "offline_access"):
         assert scope in body["scopes_supported"]
+
+
+def test_a_confidential_client_must_authenticate(world: World, client: Any) -> None:
+    from medvault.smart import tokens
+
+    with unit_of_work(world.env.factory) as session:
+        client_id, secret = tokens.register_client(
+            session=session, name="Server app", redirect_uris=[REDIRECT], confidential=True, now=datetime.now(UTC)
+        )
+    assert secret
+    confidential = World(**{**world.__dict__, "client_id": client_id})
+    sign_in(client, confidential)
+    p = pkce()
+
+    def code() -> str:
+        return redirect_query(decide(client, auth_params(confidential, "patient/Observation.rs launch/patient", p)))[
+            "code"
+        ]
+
+    # Without its secret (as if it were public): refused.
+    anonymous = exchange(client, confidential, code(), p.verifier)
+    assert anonymous.status_code in (400, 401)
+    assert anonymous.json()["error"] == "invalid_client"
+    wrong = client.post(
+        "/oauth/token",
+        content=urlencode(
+            {"grant_type": "authorization_code", "code": code(), "redirect_uri": REDIRECT, "code_verifier": p.verifier}
+        ),
+        headers=FORM,
+        auth=(client_id, "not-the-secret"),
+    )
+    assert wrong.status_code == 401
+    good = client.post(
+        "/oauth/token",
+        content=urlencode(
+            {"grant_type": "authorization_code", "code": code(), "redirect_uri": REDIRECT, "code_verifier": p.verifier}
+        ),
+        headers=FORM,
+        auth=(client_id, secret),
+    )
+    assert good.status_code == 200, good.text
+    assert good.json()["patient"] == world.pid
