@@ -6,8 +6,9 @@ and appends an AuditEvent in the same transaction. The unit of work carries the 
 (`Vault.caller`); a unit of work without one is refused outright, so a path that forgot to say who
 is acting fails closed instead of running with full access.
 
-The operator (`Caller.actor is None`: the operator token, `medvault import`) is allowed everything
-and still audited. It stands for the admin-only bulk path the issue keeps.
+The operator (`Caller.actor is None`: a `system/*.cruds` operator token, `medvault import`) is
+allowed everything and still audited. A SMART app acts as its account, with `Caller.scopes`
+narrowing what the policy allows. It stands for the admin-only bulk path the issue keeps.
 """
 
 from __future__ import annotations
