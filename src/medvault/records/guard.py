@@ -7,8 +7,8 @@ and appends an AuditEvent in the same transaction. The unit of work carries the 
 is acting fails closed instead of running with full access.
 
 The operator (`Caller.actor is None`: a `system/*.cruds` operator token, `medvault import`) is
-allowed everything and still audited. A SMART app acts as its account, with `Caller.scopes`
-narrowing what the policy allows. It stands for the admin-only bulk path the issue keeps.
+allowed everything and still audited: the admin-only bulk path the issue keeps. A SMART app acts
+as its account, with `Caller.scopes` narrowing what the policy allows.
 """
 
 from __future__ import annotations
