@@ -141,6 +141,18 @@ def test_deny_returns_access_denied_with_the_state(world: World, client: Any) ->
     assert "code" not in got
 
 
+def test_state_and_audience_are_checked(world: World, client: Any) -> None:
+    sign_in(client, world)
+    no_state = auth_params(world, "patient/Observation.rs", pkce(), state="")
+    assert redirect_query(client.get("/oauth/authorize", params=no_state, follow_redirects=False))["error"] == (
+        "invalid_request"
+    )
+    params = auth_params(world, "patient/Observation.rs", pkce(), aud="https://other.example/fhir")
+    got = redirect_query(client.get("/oauth/authorize", params=params, follow_redirects=False))
+    assert got["error"] == "invalid_request"
+    assert got["state"] == params["state"]
+
+
 def test_unknown_or_system_scopes_are_refused(world: World, client: Any) -> None:
     sign_in(client, world)
     for scope in ("system/*.cruds", "patient/Observation.rsx", "patient/Nope.rs", "launch", "openid"):

@@ -34,6 +34,7 @@ def test_my_apps_lists_and_revokes(world: World, client: Any) -> None:
     assert "read your Observation records" in page.text
     assert "<script" not in page.text
     assert world.client_id in page.text
+    assert "not yet" not in page.text  # it was used just above
     # Revoking without the CSRF token is refused and changes nothing.
     forged = client.post("/me/apps/revoke", content=urlencode({"client": world.client_id}), headers=FORM)
     assert forged.status_code == 403

@@ -103,9 +103,13 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
             server = server_for(session, request)
             try:
                 grant = server.get_consent_grant(req, end_user=actor)
-                aud = grant.request.payload.data.get("aud")
+                data = grant.request.payload.data
+                aud = data.get("aud")
                 if aud is not None and aud.rstrip("/") != server.issuer:
                     raise InvalidRequestError("'aud' is not this FHIR server", redirect_uri=grant.redirect_uri)
+                if not data.get("state"):
+                    # SMART App Launch 2.0 requires it: the app's defence against a forged callback.
+                    raise InvalidRequestError("'state' is required", redirect_uri=grant.redirect_uri)
             except OAuth2Error as error:
                 error.state = error.state or dict(params).get("state")
                 return _error(error)
