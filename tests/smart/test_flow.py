@@ -55,6 +55,17 @@ def test_full_code_flow_with_pkce(world: World, client: Any) -> None:
     assert sorted(e["resource"]["id"] for e in found.json()["entry"]) == sorted(world.obs)
 
 
+def test_the_id_token_echoes_the_nonce(world: World, client: Any) -> None:
+    sign_in(client, world)
+    p = pkce()
+    got = redirect_query(decide(client, auth_params(world, "patient/Observation.rs openid fhirUser", p, nonce="n-123")))
+    token = exchange(client, world, got["code"], p.verifier).json()
+    keys = client.get("/oauth/jwks").json()["keys"]
+    claims = jwt.decode(token["id_token"], jwk.import_key(keys[0], "RSA")).claims
+    assert claims["nonce"] == "n-123"
+    assert claims["fhirUser"] == f"Patient/{world.pid}"
+
+
 def test_no_refresh_token_without_offline_access(world: World, client: Any) -> None:
     token = launch(client, world, "patient/Observation.rs launch/patient")
     assert "refresh_token" not in token

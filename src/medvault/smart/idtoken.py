@@ -47,7 +47,16 @@ class IdTokenSigner:
         public = self._key.as_dict(private=False)
         return {"keys": [{**public, "use": "sig", "alg": "RS256"}]}
 
-    def sign(self, *, issuer: str, subject: str, audience: str, fhir_user: str | None, now: datetime) -> str:
+    def sign(
+        self,
+        *,
+        issuer: str,
+        subject: str,
+        audience: str,
+        fhir_user: str | None,
+        now: datetime,
+        nonce: str | None = None,
+    ) -> str:
         issued = int(now.timestamp())
         claims: dict[str, Any] = {
             "iss": issuer,
@@ -58,6 +67,8 @@ class IdTokenSigner:
         }
         if fhir_user:
             claims["fhirUser"] = fhir_user
+        if nonce:
+            claims["nonce"] = nonce
         return jwt.encode({"alg": "RS256", "kid": self._key.kid}, claims, self._key)
 
     def public_key(self) -> Any:

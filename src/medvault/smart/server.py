@@ -174,6 +174,7 @@ class _User:
     patient: str | None
     granted: datetime
     family: str | None = None
+    nonce: str | None = None  # OpenID Connect: echoed in the id_token of the code exchange
 
 
 class S256Only(CodeChallenge):  # type: ignore[misc]
@@ -222,6 +223,7 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
             scope=request.scope,
             patient=approval.patient,
             now=approval.granted,
+            nonce=(request.payload.data.get("nonce") or "")[:256] or None,
         )
 
     def query_authorization_code(self, code: str, client: Client) -> _Code | None:
@@ -240,7 +242,7 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
             )
         except accounts.AccountNotFound:
             return None
-        return _User(actor, found.patient, found.granted)
+        return _User(actor, found.patient, found.granted, nonce=found.nonce)
 
 
 class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
@@ -379,6 +381,7 @@ class SmartServer(AuthorizationServer):  # type: ignore[misc]
                     audience=client.client_id,
                     fhir_user=_fhir_user(user.actor),
                     now=self.now,
+                    nonce=user.nonce,
                 )
         return token
 

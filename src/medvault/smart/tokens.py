@@ -156,6 +156,7 @@ class CodeGrant:
     scope: str
     patient: str | None
     granted: datetime
+    nonce: str | None = None
 
 
 def save_code(
@@ -170,6 +171,7 @@ def save_code(
     scope: str,
     patient: str | None,
     now: datetime,
+    nonce: str | None = None,
 ) -> None:
     code_hash = digest(code)
     session.add(
@@ -179,7 +181,7 @@ def save_code(
             account_id=account_id,
             redirect_uri=redirect_uri,
             challenge=challenge,
-            sealed=_seal(session, crypto, "code", code_hash, {"scope": scope, "patient": patient}),
+            sealed=_seal(session, crypto, "code", code_hash, {"scope": scope, "patient": patient, "nonce": nonce}),
             granted=now,
             expires=now + CODE_LIFETIME,
         )
@@ -211,6 +213,7 @@ def find_code(*, session: Session, crypto: CryptoContext, code: str, client_id: 
         sealed["scope"],
         sealed.get("patient"),
         row.granted,
+        sealed.get("nonce"),
     )
 
 
