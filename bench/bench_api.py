@@ -156,6 +156,8 @@ def ensure_imported(data_dir: Path, files: list[Path]) -> None:
     settings = load_settings(data_dir=data_dir)
     if settings.is_sqlite and (data_dir / "medvault.db").exists() and settings.token_path.exists():
         print(f"   reusing   {data_dir} (not re-imported)")
+        # Idempotent; migrates, and replaces a token file from before SMART with a registered one.
+        initialise(settings)
         return
     print(f"   importing {len(files)} bundles into {data_dir} ...", flush=True)
     initialise(settings)

@@ -113,7 +113,16 @@ def test_parameters_not_listed_are_refused(module_api: Any) -> None:
         outcome(module_api.get(f"/fhir/{rtype}", params={name: "1"}), 400)
 
 
-def test_metadata_needs_the_token(module_api: Any) -> None:
+def test_metadata_is_public_and_names_the_oauth_endpoints(module_api: Any) -> None:
+    """SMART clients read the CapabilityStatement before they have a token (a wrong one is ignored)."""
     r = module_api.get("/fhir/metadata", headers={"Authorization": "Bearer nope"})
-    outcome(r, 401)
-    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert r.status_code == 200
+    security = r.json()["rest"][0]["security"]
+    (ext,) = [e for e in security["extension"] if e["url"].endswith("/oauth-uris")]
+    uris = {e["url"]: e["valueUri"] for e in ext["extension"]}
+    assert uris == {
+        "authorize": "http://testserver/oauth/authorize",
+        "token": "http://testserver/oauth/token",
+        "revoke": "http://testserver/oauth/revoke",
+    }
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"

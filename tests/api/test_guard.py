@@ -15,11 +15,34 @@ def _anonymous(module_api: Any, **kwargs: Any) -> TestClient:
     return TestClient(module_api.app, base_url="http://testserver", **kwargs)
 
 
-@pytest.mark.parametrize("path", ["/fhir/Patient", "/fhir/metadata", "/fhir", "/fhir/", "/FHIR/Patient"])
+@pytest.mark.parametrize(
+    "path",
+    ["/fhir/Patient", "/fhir", "/fhir/", "/FHIR/Patient", "/FHIR/metadata", "/fhir/metadata/", "/fhir/.well-known"],
+)
 def test_every_fhir_path_needs_the_token(module_api: Any, path: str) -> None:
     anonymous = _anonymous(module_api)
-    outcome(anonymous.get(path), 401)
+    response = anonymous.get(path)
+    outcome(response, 401)
+    assert response.headers["www-authenticate"].startswith("Bearer ")
     assert anonymous.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("token", ["", "x" * 43, "Bearer", "a" * 300])
+def test_a_wrong_token_is_a_401(module_api: Any, token: str) -> None:
+    anonymous = _anonymous(module_api)
+    outcome(anonymous.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"}), 401)
+    outcome(anonymous.get("/fhir/Patient", headers={"Authorization": "Basic dXNlcjpwYXNz"}), 401)
+
+
+def test_only_the_discovery_documents_are_public(module_api: Any) -> None:
+    """A client reads these before it has a token (SMART App Launch 2.0, FHIR R4 3.1.0.2)."""
+    anonymous = _anonymous(module_api)
+    meta = anonymous.get("/fhir/metadata")
+    assert meta.status_code == 200
+    assert meta.json()["resourceType"] == "CapabilityStatement"
+    smart = anonymous.get("/fhir/.well-known/smart-configuration")
+    assert smart.status_code == 200
+    assert smart.json()["code_challenge_methods_supported"] == ["S256"]
 
 
 @pytest.mark.parametrize("path", ["/nowhere", "/openapi.json", "/docs", "/redoc"])
@@ -33,7 +56,7 @@ def test_a_root_path_opens_no_door(module_api: Any, root_path: str) -> None:
     """Behind a proxy that mounts us under a prefix, /fhir must stay closed: a check on the raw
     request path (path.startswith('/fhir')) would have let '/api/fhir/...' through."""
     anonymous = _anonymous(module_api, root_path=root_path)
-    for path in (f"{root_path}/fhir/Patient", "/fhir/Patient", f"{root_path}/fhir/metadata"):
+    for path in (f"{root_path}/fhir/Patient", "/fhir/Patient", f"{root_path}/fhir/Patient/x/_history"):
         response = anonymous.get(path)
         # 401, or 404 where stripping the prefix leaves a path that is no FHIR route at all.
         assert response.status_code in (401, 404), (path, response.status_code)

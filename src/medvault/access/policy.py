@@ -24,6 +24,12 @@ patient (no grant in force, another patient, a role without clinical access), wh
 404 as for an id that does not exist; False for the patient themself or a granted clinician asking
 outside their grant (403: they know the record exists).
 
+**App tokens (SMART scopes)** only narrow: when the caller acts through a SMART app, the rules above
+decide first, and an allowed access must also be covered by the token's scopes (`smart/scopes.py`).
+A type or interaction outside them is refused openly (403: the caller is related); a ``patient/``
+scope never reaches outside the launch patient's compartment, even one the account could read:
+there it is hidden as missing, as for a stranger.
+
 `Decision.reason` is a fixed code for the audit entry: it names the rule, never an id, a type or a
 label (a label in a stored reason would say what the record is about).
 """
@@ -36,6 +42,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Final, Literal
 
 from medvault.access.consent import Grant, require_aware
+from medvault.smart import scopes as smart_scopes
 
 if TYPE_CHECKING:
     # Type-only: the decision needs the Actor's attributes, not the accounts service (and its
@@ -94,6 +101,8 @@ Reason = Literal[
     "grant",
     "role-without-clinical-access",
     "unlinked-resource",
+    "outside-token-scope",
+    "outside-launch-patient",
 ]
 
 
@@ -125,6 +134,9 @@ def decide(
     now: datetime,
     organization_ids: frozenset[str] = frozenset(),
     consent_grant: Grant | None = None,
+    scopes: smart_scopes.Scopes | None = None,
+    launch_patient: str | None = None,
+    interaction: str | None = None,
 ) -> Decision:
     """Decide one access.
 
@@ -135,7 +147,37 @@ def decide(
     `organization_ids`: the clinician's organisations, whose grants count as the clinician's (a set,
     not any collection: a bare string would iterate as one-character ids).
     `consent_grant`: for resource_type "Consent", that Consent read with `grant_from_consent`.
+    `scopes`, `launch_patient`: a SMART app token's scopes and launch context (None: no app);
+    `interaction` tells a create ("c") from an update ("u") for a write.
     """
+    decision = _decide(actor, action, patient_id, resource_type, labels, grants, now, organization_ids, consent_grant)
+    if scopes is None or not decision.allowed:
+        return decision
+    verdict = smart_scopes.permits(
+        scopes,
+        rtype=resource_type,
+        letter=smart_scopes.letter_for(action, interaction),
+        patient_id=patient_id,
+        launch_patient=launch_patient,
+    )
+    if verdict == "outside-launch-patient":
+        return _deny("outside-launch-patient", hide=True)
+    if verdict == "outside-scope":
+        return _deny("outside-token-scope", hide=False)
+    return decision
+
+
+def _decide(
+    actor: Actor,
+    action: Action,
+    patient_id: str | None,
+    resource_type: str,
+    labels: frozenset[str],
+    grants: Sequence[Grant],
+    now: datetime,
+    organization_ids: frozenset[str],
+    consent_grant: Grant | None,
+) -> Decision:
     require_aware(now, what="now")
     if patient_id is None:
         if resource_type not in SHARED_TYPES:

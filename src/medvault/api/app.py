@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hmac
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +14,7 @@ from email.utils import format_datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+import anyio.to_thread
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -25,9 +25,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from medvault import logs
+from medvault.api import smart as smart_api
 from medvault.api.capability import capability_statement
 from medvault.config import Settings
-from medvault.db import make_engine, make_sessionmaker
+from medvault.db import make_engine, make_sessionmaker, unit_of_work
 from medvault.errors import MedvaultError
 from medvault.fhir import bundles as fb
 from medvault.fhir import parse as fhir_parse
@@ -39,6 +40,8 @@ from medvault.records import service as records
 from medvault.records.errors import BadRequest, Gone, NotFound, PreconditionFailed, VersionConflict
 from medvault.records.guard import Caller
 from medvault.records.vault import Vault, iso
+from medvault.smart import tokens as smart_tokens
+from medvault.smart.idtoken import IdTokenSigner
 from medvault.store import migrate
 from medvault.store.crypto_context import CryptoContext, build_crypto
 from medvault.web import pages
@@ -91,20 +94,10 @@ class AppState:
     settings: Settings
     factory: sessionmaker[Session]
     crypto: CryptoContext
-    token: bytes
+    signer: IdTokenSigner
 
 
-def load_token(settings: Settings) -> bytes:
-    try:
-        token = settings.token_path.read_bytes().strip()
-    except FileNotFoundError:
-        raise MedvaultError(f"no operator token at {settings.token_path}: run `medvault init` first") from None
-    if len(token) < 32:
-        # An empty file would let "Authorization: Bearer " through.
-        raise MedvaultError(
-            f"the operator token in {settings.token_path} is too short: delete it and run `medvault init`"
-        )
-    return token
+BEARER_KEY = "medvault.bearer"  # where the guard leaves the resolved token for the handler
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -114,7 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
     factory = make_sessionmaker(engine)
     with factory() as session:
         crypto = build_crypto(settings, session)
-    state = AppState(settings, factory, crypto, load_token(settings))
+    state = AppState(settings, factory, crypto, IdTokenSigner(settings.keys_path))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -133,14 +126,18 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.medvault = state
     _install_error_handlers(app)
+    # Before the FHIR routes: /fhir/{rtype}/{rid} would otherwise match /fhir/.well-known/...
+    smart_api.install(app, smart_api.SmartDeps(factory=factory, crypto=crypto, signer=state.signer))
     _install_routes(app, state)
     pages.install(app, pages.PageDeps(factory=factory, crypto=crypto))
     return app
 
 
-# /fhir (in any letter case) needs the operator token, judged on the router's own path (so a
-# root_path a proxy adds cannot hide it). Pages outside /fhir authenticate with their session
-# cookie (web/pages.py): each page route asks for a live session itself.
+# /fhir (in any letter case) needs a live access token (a SMART app's, or an operator token from
+# the CLI), judged on the router's own path (so a root_path a proxy adds cannot hide it); only the
+# discovery documents a client reads before it has a token are public. Pages outside /fhir
+# authenticate with their session cookie (web/pages.py); /oauth/* authenticates the client itself.
+PUBLIC_FHIR = frozenset({"/fhir/metadata", "/fhir/.well-known/smart-configuration"})
 SECURITY_HEADERS = (
     # Health data must not linger in browser or proxy caches.
     ("cache-control", "no-store"),
@@ -175,14 +172,17 @@ class MedvaultApp(FastAPI):
 
         try:
             route = _route_path(scope)
-            if not _is_fhir(route) or _authorised(Headers(scope=scope), state.token):
-                await super().__call__(scope, receive, guarded_send)
-            else:
-                await outcome(
-                    401,
-                    [Issue("login", "missing or wrong bearer token")],
-                    headers={"WWW-Authenticate": 'Bearer realm="medvault"'},
-                )(scope, receive, guarded_send)
+            if _is_fhir(route) and route not in PUBLIC_FHIR:
+                bearer = await _authenticate(state, Headers(scope=scope))
+                if bearer is None:
+                    await outcome(
+                        401,
+                        [Issue("login", "missing, expired or revoked bearer token")],
+                        headers={"WWW-Authenticate": 'Bearer realm="medvault", error="invalid_token"'},
+                    )(scope, receive, guarded_send)
+                    return
+                scope[BEARER_KEY] = bearer
+            await super().__call__(scope, receive, guarded_send)
         except Exception as exc:  # noqa: BLE001 - last line of defence, see the class docstring
             log.error("unhandled error: %s", exc.__class__.__name__)
             if "status" not in sent:
@@ -222,12 +222,26 @@ def _loggable_path(scope: Scope) -> str:
     return template
 
 
-def _authorised(headers: Headers, token: bytes) -> bool:
-    header = headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
+async def _authenticate(state: AppState, headers: Headers) -> smart_tokens.Bearer | None:
+    """The live token of an `Authorization: Bearer` header (stored only as a hash: found by hashing
+    the presented value, so no comparison of secrets happens here), or None."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    value = value.strip()
     if scheme.lower() != "bearer" or not value:
-        return False
-    return hmac.compare_digest(value.strip().encode(), token)
+        return None
+
+    def resolve() -> smart_tokens.Bearer | None:
+        now = smart_tokens.utcnow()
+        with state.factory() as session:
+            # A reader (SQLite: a deferred BEGIN), so authentication never queues behind writers.
+            session.connection(execution_options={"medvault_write": False})
+            bearer = smart_tokens.resolve_bearer(session=session, crypto=state.crypto, token=value, now=now)
+        if bearer is not None and bearer.stale:
+            with unit_of_work(state.factory) as session:
+                smart_tokens.touch(session=session, token_id=bearer.token_id, now=now)
+        return bearer
+
+    return await anyio.to_thread.run_sync(resolve)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -266,15 +280,28 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _unit(request: Request) -> contextlib.AbstractContextManager[Vault]:
     """Unit of work per request: commit when the handler returns, roll back on any error."""
     state: AppState = request.app.state.medvault
+    bearer = request.scope.get(BEARER_KEY)
+    if not isinstance(bearer, smart_tokens.Bearer):
+        raise guard.NoCaller("internal error: a /fhir request without a resolved token was refused")
+    address = request.client.host if request.client else None
+    audited = not state.settings.unsafe_disable_audit
+    rate = state.settings.alert_patients_per_hour
     # Every request writes its access-log entry, reads included, so every unit of work is a
     # writer (SQLite: BEGIN IMMEDIATE; a deferred reader could not upgrade to write later).
-    caller = Caller(
-        actor=None,
-        via="api",
-        address=request.client.host if request.client else None,
-        audited=not state.settings.unsafe_disable_audit,
-        alert_patients_per_hour=state.settings.alert_patients_per_hour,
-    )
+    if bearer.actor is None:
+        # An operator token (system/*.cruds, issued by the CLI): the operator caller, as before.
+        caller = Caller(actor=None, via="api", address=address, audited=audited, alert_patients_per_hour=rate)
+    else:
+        caller = Caller(
+            actor=bearer.actor,
+            via="smart",
+            address=address,
+            client_id=bearer.client_id,
+            audited=audited,
+            alert_patients_per_hour=rate,
+            scopes=bearer.scopes,
+            launch_patient=bearer.patient,
+        )
     return guard.unit_of_work(state.factory, state.crypto, caller)
 
 
@@ -345,7 +372,7 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
 
     @app.get("/fhir/metadata")
     def metadata(request: Request) -> FhirResponse:
-        return FhirResponse(capability_statement(base(request)))
+        return FhirResponse(capability_statement(base(request), root=smart_api.root_url(request)))
 
     @app.post("/fhir")
     @with_vault

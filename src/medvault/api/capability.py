@@ -11,7 +11,9 @@ from medvault.fhir.types import resource_types
 _TYPE_URL = {"token": "token", "date": "date", "reference": "reference", "string": "string"}
 
 
-def capability_statement(base: str) -> dict[str, Any]:
+def capability_statement(base: str, *, root: str | None = None) -> dict[str, Any]:
+    """`root`: the server's URL without /fhir, for the SMART OAuth endpoints (default: base minus /fhir)."""
+    root = root if root is not None else base.removesuffix("/fhir")
     resources = []
     for rtype in sorted(resource_types() - {"Bundle", "OperationOutcome", "CapabilityStatement"}):
         params = [
@@ -93,8 +95,30 @@ def capability_statement(base: str) -> dict[str, Any]:
             {
                 "mode": "server",
                 "security": {
-                    "description": "Bearer operator token (written by `medvault init` to the data directory) "
-                    "until accounts and SMART on FHIR arrive; every /fhir request without it gets 401.",
+                    "extension": [
+                        {
+                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                            "extension": [
+                                {"url": "authorize", "valueUri": root + "/oauth/authorize"},
+                                {"url": "token", "valueUri": root + "/oauth/token"},
+                                {"url": "revoke", "valueUri": root + "/oauth/revoke"},
+                            ],
+                        }
+                    ],
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": "SMART App Launch 2.0 (OAuth2 authorization code with PKCE S256; see "
+                    "/fhir/.well-known/smart-configuration). Bulk work uses an operator token from "
+                    "`medvault token issue --system`. Every /fhir request but this one and the SMART "
+                    "configuration needs a live bearer token (401 otherwise).",
                 },
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}][:2],

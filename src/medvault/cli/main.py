@@ -29,6 +29,10 @@ user_app = typer.Typer(no_args_is_help=True, help="Accounts: patients, clinician
 app.add_typer(user_app, name="user")
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident access log.")
 app.add_typer(audit_app, name="audit")
+apps_app = typer.Typer(no_args_is_help=True, help="SMART apps (OAuth2 clients).")
+app.add_typer(apps_app, name="app")
+token_app = typer.Typer(no_args_is_help=True, help="Operator (system) tokens for bulk work over the API.")
+app.add_typer(token_app, name="token")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -84,7 +88,8 @@ def init(
     result = initialise(settings)
     console.print(f"data directory: {settings.data_dir.resolve()}")
     console.print(f"keys: {settings.keys_path} ({'created' if result.created_keys else 'already there'})")
-    console.print(f"operator token: {settings.token_path} ({'created' if result.created_token else 'already there'})")
+    state = "issued" if result.created_token else "already there"
+    console.print(f"operator token (system/*.cruds, stored hashed): {settings.token_path} ({state})")
     console.print(f"blind index width: {result.blind_bits} bits")
 
 
@@ -543,6 +548,100 @@ def demo(
         console.print("  password and authenticator key as printed when this data directory was first set up")
     if serve_after:
         _serve(settings, host, port)
+
+
+@apps_app.command("register")
+@friendly
+def app_register(
+    name: Annotated[str, typer.Option("--name", help="The app's name, as shown to the person approving it.")],
+    redirect_uri: Annotated[
+        list[str], typer.Option("--redirect-uri", help="A redirect URI (exact match; repeat for several).")
+    ],
+    confidential: Annotated[
+        bool, typer.Option("--confidential", help="A server-side app that keeps a client secret.")
+    ] = False,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+) -> None:
+    """Register a SMART app; prints its client_id (and, for a confidential app, its secret, once)."""
+    from datetime import UTC, datetime
+
+    from medvault.db import unit_of_work
+    from medvault.smart import tokens
+
+    settings = settings_for(data_dir, database_url, key_dir)
+    logs.setup(settings.log_path)
+    engine, factory, _crypto = _open(settings)
+    try:
+        with unit_of_work(factory) as session:
+            client_id, secret = tokens.register_client(
+                session=session, name=name, redirect_uris=redirect_uri, confidential=confidential, now=datetime.now(UTC)
+            )
+    finally:
+        engine.dispose()
+    console.print(f"client_id: {client_id}", highlight=False)
+    if secret:
+        console.print(f"client_secret: {secret}  (shown once; only its hash is stored)", highlight=False)
+    logs.get("cli").info("app register: %s", client_id)
+
+
+@apps_app.command("list")
+@friendly
+def app_list(data_dir: DataDir = None, database_url: DbUrl = None, key_dir: KeyDir = None) -> None:
+    """List registered SMART apps."""
+    from medvault.smart import tokens
+
+    settings = settings_for(data_dir, database_url, key_dir)
+    engine, factory, _crypto = _open(settings)
+    try:
+        with factory() as session:
+            rows = tokens.list_clients(session=session)
+    finally:
+        engine.dispose()
+    table = Table(title="apps")
+    for col in ("client_id", "name", "type", "redirect URIs"):
+        table.add_column(col, overflow="fold")
+    for a in rows:
+        kind = "confidential" if a.confidential else "public"
+        table.add_row(a.client_id, escape(a.name), kind, escape(" ".join(a.redirect_uris)))
+    console.print(table)
+
+
+@token_app.command("issue")
+@friendly
+def token_issue(
+    system: Annotated[bool, typer.Option("--system", help="An operator token with scope system/*.cruds.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Revoke every earlier operator token first.")] = False,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+) -> None:
+    """Issue an operator token for bulk work (admin only: whoever runs this holds the keys). It is
+    stored hashed, written 0600 to the data directory's token file, and printed once."""
+    from datetime import UTC, datetime
+
+    from medvault.db import unit_of_work
+    from medvault.smart import tokens
+    from medvault.store.setup import write_token_file
+
+    if not system:
+        raise MedvaultError("only operator tokens are issued here (--system); apps get theirs through SMART")
+    settings = settings_for(data_dir, database_url, key_dir)
+    logs.setup(settings.log_path)
+    engine, factory, crypto = _open(settings)
+    try:
+        with unit_of_work(factory) as session:
+            now = datetime.now(UTC)
+            revoked = tokens.revoke_system_tokens(session=session, crypto=crypto, now=now) if replace else 0
+            token = tokens.issue_system_token(session=session, crypto=crypto, now=now)
+            write_token_file(settings.token_path, token)
+    finally:
+        engine.dispose()
+    if revoked:
+        console.print(f"revoked {revoked} earlier operator token(s)")
+    console.print(f"operator token (also written to {settings.token_path}):\n  {token}", highlight=False)
+    logs.get("cli").info("token issue: system token (replace=%s)", replace)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -6,8 +6,9 @@ and appends an AuditEvent in the same transaction. The unit of work carries the 
 (`Vault.caller`); a unit of work without one is refused outright, so a path that forgot to say who
 is acting fails closed instead of running with full access.
 
-The operator (`Caller.actor is None`: the operator token, `medvault import`) is allowed everything
-and still audited. It stands for the admin-only bulk path the issue keeps.
+The operator (`Caller.actor is None`: a `system/*.cruds` operator token, `medvault import`) is
+allowed everything and still audited: the admin-only bulk path the issue keeps. A SMART app acts
+as its account, with `Caller.scopes` narrowing what the policy allows.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from medvault.fhir import search as fs
 from medvault.records import search as record_search
 from medvault.records.errors import NotFound
 from medvault.records.vault import Vault
+from medvault.smart.scopes import Scopes, letter_for, type_permitted
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -54,6 +56,9 @@ class Caller:
     audited: bool = True
     # A clinician reading more distinct patients an hour than this raises an alert (Settings).
     alert_patients_per_hour: int = alerts.DEFAULT_PATIENTS_PER_HOUR
+    # A SMART app token's scopes and launch patient: the policy narrows the actor's access to them.
+    scopes: Scopes | None = None
+    launch_patient: str | None = None
 
 
 OPERATOR_CLI = Caller(actor=None, via="cli")
@@ -118,7 +123,14 @@ def _grants(vault: Vault, patient_id: str) -> list[Grant]:
     return cache.by_patient[patient_id]
 
 
-def decision_for(vault: Vault, *, action: Action, resource: dict[str, Any], now: datetime | None = None) -> Decision:
+def decision_for(
+    vault: Vault,
+    *,
+    action: Action,
+    resource: dict[str, Any],
+    now: datetime | None = None,
+    interaction: str | None = None,
+) -> Decision:
     """The policy's answer for this caller and resource (no audit entry: see `allow`)."""
     caller = caller_of(vault)
     if caller.actor is None:
@@ -138,6 +150,9 @@ def decision_for(vault: Vault, *, action: Action, resource: dict[str, Any], now:
         grants=grants,
         now=now or datetime.now(UTC),
         consent_grant=consent_grant,
+        scopes=caller.scopes,
+        launch_patient=caller.launch_patient,
+        interaction=interaction,
     )
 
 
@@ -161,10 +176,10 @@ def allow(
     # and a decoy's alert must fire), not to the new content's.
     decision = None
     if before is not None:
-        decision = decision_for(vault, action=action, resource=before, now=now)
+        decision = decision_for(vault, action=action, resource=before, now=now, interaction=interaction)
         patient_id = fs.patient_reference(before)
     if decision is None or decision.allowed:
-        decision = decision_for(vault, action=action, resource=resource, now=now)
+        decision = decision_for(vault, action=action, resource=resource, now=now, interaction=interaction)
         patient_id = fs.patient_reference(resource)
     rtype, rid = str(resource.get("resourceType", "")), str(resource.get("id", ""))
     if decision.allowed:
@@ -198,7 +213,7 @@ class Visibility:
         self.withheld: dict[str | None, str] = {}
 
     def __call__(self, resource: dict[str, Any]) -> bool:
-        decision = decision_for(self.vault, action=self.action, resource=resource)
+        decision = decision_for(self.vault, action=self.action, resource=resource, interaction=self.interaction)
         patient = fs.patient_reference(resource)
         if decision.allowed:
             self.shown.setdefault(patient, []).append(f"{resource.get('resourceType')}/{resource.get('id')}")
@@ -230,6 +245,18 @@ class Visibility:
                 allowed=False,
                 reason=reason,
             )
+
+
+def check_scope_for_type(vault: Vault, *, rtype: str, action: Action, interaction: str) -> None:
+    """A search (or history) of a whole type through an app token whose scopes do not cover that
+    type at all is refused up front (403, logged) rather than answered with an empty page that
+    would read as "no such records"."""
+    caller = caller_of(vault)
+    if caller.scopes is None or type_permitted(caller.scopes, rtype=rtype, letter=letter_for(action, interaction)):
+        return
+    exc = Forbidden("this app was not granted access to these records")
+    exc.refusal = _Refusal(action, interaction, None, (rtype,), "outside-token-scope")
+    raise exc
 
 
 def missing(vault: Vault, *, rtype: str, rid: str, action: Action, interaction: str) -> NotFound:

@@ -303,6 +303,7 @@ def search(
     *, vault: Vault, rtype: str, params: Sequence[tuple[str, str]], strict: bool = True
 ) -> record_search.SearchResult:
     _check_type(rtype)
+    guard.check_scope_for_type(vault, rtype=rtype, action="search", interaction="search-type")
     visibility = guard.Visibility(vault, action="search", interaction="search-type")
     result = record_search.search(vault, rtype, params, strict=strict, visible=visibility)
     visibility.audit()

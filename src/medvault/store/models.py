@@ -272,3 +272,76 @@ class Alert(Base):
 
     def __repr__(self) -> str:
         return f"Alert({self.id}, {self.kind}, account={self.account_id})"
+
+
+class OAuthClient(Base):
+    """A registered SMART app. A confidential client's secret is stored only as its SHA-256 (the
+    secret is 32 random bytes: no dictionary to run, so a fast hash suffices). Redirect URIs are a
+    JSON list, matched exactly."""
+
+    __tablename__ = "oauth_client"
+    __table_args__ = (UniqueConstraint("id"),)
+    id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    redirect_uris: Mapped[str] = mapped_column(String(4000))
+    confidential: Mapped[bool] = mapped_column(Boolean, default=False)
+    secret_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"OAuthClient({self.id})"
+
+
+class OAuthCode(Base):
+    """An authorization code, as the SHA-256 of the code; deleted when used. `sealed` holds the
+    granted scope and the launch patient (an identifier: never in the clear)."""
+
+    __tablename__ = "oauth_code"
+    __table_args__ = (UniqueConstraint("code_hash"),)
+    code_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    client_id: Mapped[str] = mapped_column(ForeignKey("oauth_client.id", ondelete="CASCADE"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    redirect_uri: Mapped[str] = mapped_column(String(2000))
+    challenge: Mapped[str] = mapped_column(String(128))
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    granted: Mapped[datetime] = mapped_column(UtcMicros)
+    expires: Mapped[datetime] = mapped_column(UtcMicros)
+    __mapper_args__ = {"primary_key": [code_hash]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return "OAuthCode(…)"
+
+
+class OAuthToken(Base):
+    """One issued access token and (optionally) its refresh token, both only as SHA-256 hashes.
+    Every token made by refreshing shares the `family` of the authorization it descends from: a
+    refresh token presented again after rotation revokes the whole family. `account_id` None with
+    `client_id` None is an operator (system) token from the CLI."""
+
+    __tablename__ = "oauth_token"
+    __table_args__ = (
+        UniqueConstraint("id"),
+        UniqueConstraint("access_hash"),
+        UniqueConstraint("refresh_hash"),
+        Index(None, "family"),
+        Index(None, "account_id", "client_id"),
+    )
+    id: Mapped[str] = mapped_column(String(32))
+    access_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    refresh_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    family: Mapped[str] = mapped_column(String(32))
+    client_id: Mapped[str | None] = mapped_column(ForeignKey("oauth_client.id", ondelete="CASCADE"), nullable=True)
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"), nullable=True)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)  # scope and launch patient
+    granted: Mapped[datetime] = mapped_column(UtcMicros)  # when the person approved the app
+    issued: Mapped[datetime] = mapped_column(UtcMicros)
+    access_expires: Mapped[datetime | None] = mapped_column(UtcMicros, nullable=True)  # None: system token
+    refresh_expires: Mapped[datetime | None] = mapped_column(UtcMicros, nullable=True)
+    refresh_used: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked: Mapped[datetime | None] = mapped_column(UtcMicros, nullable=True)
+    last_used: Mapped[datetime | None] = mapped_column(UtcMicros, nullable=True)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"OAuthToken({self.id})"

@@ -1,11 +1,17 @@
-"""Initialising a data directory: keys, operator token, schema, index sizing."""
+"""Initialising a data directory: keys, schema, index sizing, and the operator token.
+
+The operator token is an ordinary SMART access token with scope system/*.cruds, stored in the
+token table only as its hash; its value is written once, 0600, to `settings.token_path` for the
+CLI's bulk work and the benchmarks. A token file from before SMART (a bare random string that the
+server compared with) is no longer accepted: init replaces it with a registered one."""
 
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
@@ -14,8 +20,15 @@ from medvault.crypto.indexes import blind_bits_for
 from medvault.crypto.keys import KeyRing
 from medvault.crypto.signing import ensure_signing_key
 from medvault.db import make_engine, make_sessionmaker, unit_of_work
+from medvault.smart import tokens as smart_tokens
+from medvault.smart.idtoken import ensure_key as ensure_id_token_key
 from medvault.store import migrate
-from medvault.store.crypto_context import ENCRYPTION_BENCHMARK_PLAINTEXT, ENCRYPTION_REQUIRED, index_key_check
+from medvault.store.crypto_context import (
+    ENCRYPTION_BENCHMARK_PLAINTEXT,
+    ENCRYPTION_REQUIRED,
+    build_crypto,
+    index_key_check,
+)
 from medvault.store.models import Meta
 
 # Blind index entries a patient contributes (identifiers, names, birth date, phone, e-mail).
@@ -40,14 +53,8 @@ def initialise(settings: Settings) -> InitResult:
         created_keys = True
     # Made for key directories from before the access log too (init is idempotent).
     created_keys = ensure_signing_key(settings.keys_path) or created_keys
+    created_keys = ensure_id_token_key(settings.keys_path) or created_keys
     created_token = False
-    if not settings.token_path.exists():
-        fd = os.open(settings.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_urlsafe(32).encode() + b"\n")
-        finally:
-            os.close(fd)
-        created_token = True
     engine = make_engine(settings)
     try:
         migrate.upgrade(engine)
@@ -67,6 +74,7 @@ def initialise(settings: Settings) -> InitResult:
                 session.add(Meta(key="blind_index_bits", value=str(bits)))
             else:
                 bits = int(row.value)
+        created_token = _ensure_operator_token(settings, make_sessionmaker(engine))
     finally:
         engine.dispose()
     if settings.is_sqlite:
@@ -79,3 +87,33 @@ def initialise(settings: Settings) -> InitResult:
                 if db_file.exists():
                     os.chmod(db_file, 0o600)
     return InitResult(created_keys, created_token, bits)
+
+
+def _ensure_operator_token(settings: Settings, factory: Any) -> bool:
+    """Keep a token file whose token is live in the table; otherwise issue one and write it."""
+    now = datetime.now(UTC)
+    with unit_of_work(factory) as session:
+        try:
+            current = settings.token_path.read_text().strip()
+        except FileNotFoundError:
+            current = ""
+        if current and smart_tokens.system_token_valid(session=session, token=current):
+            return False
+        # Not audited when the store is new (its log starts empty); audited when it replaces a
+        # token file from before SMART, which needs the store's keys.
+        crypto = build_crypto(settings, session) if current else None
+        token = smart_tokens.issue_system_token(session=session, crypto=crypto, now=now)
+        write_token_file(settings.token_path, token)
+    return True
+
+
+def write_token_file(path: Path, token: str) -> None:
+    """Replace the file atomically, readable by the owner only."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, token.encode() + b"\n")
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

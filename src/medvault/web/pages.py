@@ -34,6 +34,7 @@ from medvault.fhir.types import is_fhir_id
 from medvault.records import guard, service
 from medvault.records.errors import NotFound
 from medvault.store.crypto_context import CryptoContext
+from medvault.web import apps
 
 COOKIE = "__Host-medvault"
 # No script, no frames, no third-party anything; forms post only to us.
@@ -138,6 +139,35 @@ async def _form_pairs(request: Request) -> list[tuple[str, str]]:
         raise PageRefused(400, "form is not UTF-8") from None
 
 
+def require_session(deps: PageDeps, request: Request, *, enrolling: bool = False) -> tuple[sessions.Live, str]:
+    """The live, fully signed-in session of this request (and its cookie value), or SignInRequired."""
+    token = request.cookies.get(COOKIE)
+    with unit_of_work(deps.factory) as session:
+        live = sessions.resume(session=session, crypto=deps.crypto, token=token, now=datetime.now(UTC))
+    allowed = ("full", "enrol") if enrolling else ("full",)
+    if live is None or live.stage not in allowed or token is None:
+        raise SignInRequired
+    return live, token
+
+
+def check_form(deps: PageDeps, request: Request, form: dict[str, str], token: str) -> None:
+    """Every state-changing form of a signed-in page: our own origin and the session's CSRF token."""
+    csrf = form.get("csrf")
+    if not _same_origin(request) or not sessions.check_csrf(crypto=deps.crypto, token=token, submitted=csrf):
+        raise PageRefused(403, "the form has expired; reload the page and try again")
+
+
+def local_path(target: str | None) -> str | None:
+    """`target` when it is a path on this site (for ?next= after sign-in), else None: never another
+    host ("//evil.example", "/\\evil.example", "https://..."), never a control character."""
+    if not target or len(target) > 4096 or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return None
+    if any(ord(c) < 0x21 or c == "\\" for c in target):
+        return None
+    parts = urlsplit(target)
+    return target if not parts.scheme and not parts.netloc else None
+
+
 def build_router(deps: PageDeps) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
@@ -145,24 +175,14 @@ def build_router(deps: PageDeps) -> APIRouter:
         return datetime.now(UTC)
 
     def live_session(request: Request, *, enrolling: bool = False) -> tuple[sessions.Live, str]:
-        token = request.cookies.get(COOKIE)
-        with unit_of_work(deps.factory) as session:
-            live = sessions.resume(session=session, crypto=deps.crypto, token=token, now=now())
-        allowed = ("full", "enrol") if enrolling else ("full",)
-        if live is None or live.stage not in allowed or token is None:
-            raise SignInRequired
-        return live, token
+        return require_session(deps, request, enrolling=enrolling)
 
     def checked_form(request: Request, form: dict[str, str], token: str) -> None:
-        """Every state-changing form of a signed-in page: our own origin and the session's CSRF token."""
-        if not _same_origin(request) or not sessions.check_csrf(
-            crypto=deps.crypto, token=token, submitted=form.get("csrf")
-        ):
-            raise PageRefused(403, "the form has expired; reload the page and try again")
+        check_form(deps, request, form, token)
 
     @router.get("/login")
-    def login_form() -> HTMLResponse:
-        return page("login.html", login="", message=None)
+    def login_form(request: Request) -> HTMLResponse:
+        return page("login.html", login="", message=None, next=local_path(request.query_params.get("next")))
 
     @router.post("/login")
     async def login(request: Request) -> Response:
@@ -195,7 +215,11 @@ def build_router(deps: PageDeps) -> APIRouter:
         # Argon2 and the database run in a worker thread: one sign-in never stalls other requests.
         result, token = await anyio.to_thread.run_sync(attempt)
         if result.status == "ok" and token is not None:
-            target = "/me/authenticator" if result.actor and result.actor.needs_mfa_enrolment else "/"
+            target = (
+                "/me/authenticator"
+                if result.actor and result.actor.needs_mfa_enrolment
+                else local_path(form.get("next")) or "/"
+            )
             response = RedirectResponse(target, status_code=303)
             _set_cookie(response, token)
             return response
@@ -206,7 +230,7 @@ def build_router(deps: PageDeps) -> APIRouter:
             message, status = f"Too many attempts. Try again {wait}, or ask an administrator.", 429
         else:
             message, status = "Sign-in failed: check your login name, password and code.", 401
-        return page("login.html", status=status, login=login_name, message=message)
+        return page("login.html", status=status, login=login_name, message=message, next=local_path(form.get("next")))
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
@@ -645,6 +669,7 @@ def _row(entry: audit_log.Logged, patient_id: str) -> _Row:
 def install(app: Any, deps: PageDeps) -> None:
     """Routes, static files and the two page-level exception handlers."""
     app.include_router(build_router(deps))
+    apps.install(app, deps)
     app.mount("/static", StaticFiles(packages=[("medvault.web", "static")]), name="static")
 
     async def to_sign_in(_request: Request, _exc: Exception) -> Response:

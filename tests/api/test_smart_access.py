@@ -1,0 +1,113 @@
+"""Scopes enforced inside the one access decision: an app token reaches what its account may reach,
+narrowed by its scopes; patient/ scopes stay inside the launch patient's compartment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.api.support import JSON_HEADERS, outcome
+from tests.smart.support import (
+    FORM,
+    World,
+    auth_params,
+    bearer,
+    build_world,
+    csrf_of,
+    https_client,
+    launch,
+    pkce,
+    sign_in,
+)
+
+
+@pytest.fixture
+def world(vault_env: Any) -> World:
+    return build_world(vault_env)
+
+
+@pytest.fixture
+def client(world: World) -> Iterator[Any]:
+    with https_client(world.env) as c:
+        yield c
+
+
+def _ids(response: Any) -> list[str]:
+    assert response.status_code == 200, response.text
+    return sorted(e["resource"]["id"] for e in response.json().get("entry", []))
+
+
+def test_patient_observation_token(world: World, client: Any) -> None:
+    token = launch(client, world, "patient/Observation.rs launch/patient")["access_token"]
+    h = bearer(token)
+    assert client.get(f"/fhir/Observation/{world.obs[0]}", headers=h).status_code == 200
+    assert _ids(client.get("/fhir/Observation", params={"patient": world.pid}, headers=h)) == sorted(world.obs)
+    # Without a patient parameter: still only the launch patient's.
+    assert _ids(client.get("/fhir/Observation", headers=h)) == sorted(world.obs)
+    # Their own Condition is outside the scope: refused openly (they know it exists).
+    outcome(client.get(f"/fhir/Condition/{world.condition}", headers=h), 403)
+    outcome(client.get("/fhir/Condition", params={"patient": world.pid}, headers=h), 403)
+    # Another patient's anything: the same answer as a record that does not exist.
+    other = client.get(f"/fhir/Observation/{world.other_obs}", headers=h)
+    missing = client.get("/fhir/Observation/does-not-exist", headers=h)
+    assert other.status_code == missing.status_code == 404
+    assert other.json()["issue"][0]["code"] == missing.json()["issue"][0]["code"]
+    assert _ids(client.get("/fhir/Observation", params={"patient": world.other}, headers=h)) == []
+    # No write: read/search scopes only (and patients do not author Observations anyway).
+    new = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    new["subject"] = {"reference": f"Patient/{world.pid}"}
+    outcome(client.post("/fhir/Observation", json=new, headers={**h, **JSON_HEADERS}), 403)
+    outcome(client.delete(f"/fhir/Observation/{world.obs[0]}", headers=h), 403)
+
+
+def test_patient_everything_is_filtered_by_scope(world: World, client: Any) -> None:
+    token = launch(client, world, "patient/Observation.rs patient/Patient.rs launch/patient")["access_token"]
+    found = client.get(f"/fhir/Patient/{world.pid}/$everything", headers=bearer(token))
+    assert found.status_code == 200, found.text
+    types = {e["resource"]["resourceType"] for e in found.json()["entry"]}
+    assert "Observation" in types
+    assert "Condition" not in types
+
+
+def test_clinician_user_token_sees_only_granting_patients(world: World, client: Any) -> None:
+    token = launch(client, world, "user/Observation.rs openid fhirUser", clinician=True)
+    h = bearer(token["access_token"])
+    assert "patient" not in token
+    assert client.get(f"/fhir/Observation/{world.obs[0]}", headers=h).status_code == 200
+    outcome(client.get(f"/fhir/Observation/{world.other_obs}", headers=h), 404)
+    assert _ids(client.get("/fhir/Observation", headers=h)) == sorted(world.obs)
+    outcome(client.get(f"/fhir/Condition/{world.condition}", headers=h), 403)
+
+
+def test_clinician_patient_token_stays_in_the_chosen_compartment(world: World, client: Any) -> None:
+    token = launch(client, world, "patient/*.rs launch/patient", clinician=True, patient=world.pid)
+    assert token["patient"] == world.pid
+    h = bearer(token["access_token"])
+    assert client.get(f"/fhir/Condition/{world.condition}", headers=h).status_code == 200
+    assert _ids(client.get("/fhir/Observation", headers=h)) == sorted(world.obs)
+    # Shared directory resources are outside any compartment: readable.
+    assert client.get(f"/fhir/Practitioner/{world.practitioner}", headers=h).status_code == 200
+
+
+def test_a_clinician_cannot_launch_for_a_patient_who_did_not_grant(world: World, client: Any) -> None:
+    sign_in(client, world, clinician=True)
+    params = auth_params(world, "patient/*.rs launch/patient", pkce())
+    page = client.get("/oauth/authorize", params=params)
+    assert page.status_code == 200
+    assert f'value="{world.pid}"' in page.text
+    assert world.other not in page.text
+    form = urlencode({**params, "csrf": csrf_of(page.text), "decision": "approve", "patient": world.other})
+    refused = client.post("/oauth/authorize", content=form, headers=FORM, follow_redirects=False)
+    assert refused.status_code == 400
+    assert "location" not in refused.headers
+
+
+def test_the_system_token_still_does_everything(world: World, client: Any) -> None:
+    token = world.env.settings.token_path.read_text().strip()
+    h = bearer(token)
+    assert client.get(f"/fhir/Observation/{world.other_obs}", headers=h).status_code == 200
+    assert client.get(f"/fhir/Condition/{world.condition}", headers=h).status_code == 200
+    assert len(_ids(client.get("/fhir/Observation", headers=h))) == 4
