@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from medvault import logs
+from medvault.api import openapi
 from medvault.api.capability import capability_statement
 from medvault.config import Settings
 from medvault.db import make_engine, make_sessionmaker
@@ -134,6 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
     _install_error_handlers(app)
     _install_routes(app, state)
     pages.install(app, pages.PageDeps(factory=factory, crypto=crypto))
+    app.openapi = functools.partial(openapi.build, app)  # type: ignore[method-assign]  # in-process only, see openapi.py
     return app
 
 
