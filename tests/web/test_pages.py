@@ -260,3 +260,13 @@ def test_my_record_is_a_readable_timeline(site: Any) -> None:
     assert '"resourceType"' not in record.text  # readable, not raw JSON
     log = client.get("/me/access").text
     assert "read the whole record" in log  # her own view is in her access log too
+
+
+def test_a_non_ascii_csrf_field_is_refused_not_a_server_error(site: Any) -> None:
+    # Found by the schemathesis run: "%FF" decodes to U+FFFD and hmac.compare_digest raised TypeError.
+    client, *_ = site
+    assert _login(client).status_code == 303
+    for path in ("/logout", "/me/sharing", "/me/sharing/revoke", "/me/authenticator"):
+        response = client.post(path, content="csrf=%FF&code=%E9", headers=FORM, follow_redirects=False)
+        assert response.status_code == 403, (path, response.status_code)
+        assert "expired" in response.text
