@@ -1,0 +1,399 @@
+"""schemathesis over the in-process OpenAPI schema (issue 3 acceptance): a bounded property-based run
+over every operation against the ASGI app, checking `not_a_server_error` and `ignored_auth`, once as
+the operator (bearer) and once as an actor with no relationship to the seeded patients, whose every
+2xx must disclose none of their data. Counts are collected and asserted (0 and 0), not raised at
+the first failure, so one run reports everything it found.
+
+The run is reproducible (`derandomize`, no example database) and bounded by EXAMPLES per operation
+and generation mode; the generation-speed health checks are suppressed because they measure the
+generator, not the server (a slow server still fails nothing here; it only makes the run slower).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import pytest
+import schemathesis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, Phase
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup, ServerError
+from schemathesis.openapi.checks import IgnoredAuth
+from schemathesis.specs.openapi.checks import ignored_auth
+
+from medvault.api import openapi
+from medvault.api.app import create_app
+from medvault.auth import accounts
+from medvault.auth.passwords import Hasher
+from medvault.db import unit_of_work
+from medvault.records import bundles as record_bundles
+from medvault.records import service
+from medvault.web.pages import COOKIE
+from tests.api.support import fresh_settings
+from tests.api.synthea import load, subset_files
+from tests.helpers import open_vault
+
+EXAMPLES = 8  # per operation and generation mode (the schema's own examples: 1 case each)
+# Slow by design: every sign-in attempt costs an Argon2id hash (~0.2 s, more on a busy machine).
+COSTLY = {"POST /login": 2}
+MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+CHECKS = [not_a_server_error, ignored_auth]
+NO_REDIRECTS: dict[str, Any] = {"allow_redirects": False}
+SEEDED_FILES = 2  # the two smallest Synthea patients
+PASSWORD = "a long and private passphrase"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+# Seeded types, plus types with rules of their own (Consent drives access, AuditEvent is the log).
+FOCUS_TYPES = ["Patient", "Observation", "Encounter", "Condition", "Consent", "AuditEvent", "Practitioner"]
+# Marks the stranger's own record: seen on its pages, it is no leak.
+OWN_TEXT = "the stranger's own reading"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a caller holds. Swappable: once /fhir takes SMART tokens, the stranger gets a `bearer` of
+    another patient as well as (or instead of) its page `session`."""
+
+    name: str
+    bearer: str | None = None
+    session: str | None = None
+
+    def headers_for(self, operation: Any) -> dict[str, str]:
+        """Everything the caller holds, except a bearer token on an operation that declares the session
+        cookie: browsers send none there, and schemathesis's `ignored_auth` ignores a request that
+        carries an Authorization header its operation does not declare (it could not remove it)."""
+        declared = {name for requirement in operation.definition.raw.get("security", []) for name in requirement}
+        headers = {}
+        if self.bearer and openapi.SESSION not in declared:
+            headers["Authorization"] = f"Bearer {self.bearer}"
+        if self.session:
+            headers["Cookie"] = f"{COOKIE}={self.session}"
+        return headers
+
+
+@dataclass
+class Seeded:
+    patient_ids: list[str]
+    observation_ids: list[str]
+    observation_texts: list[str]
+    other_ids: list[str] = field(default_factory=list)  # a few of each other seeded type
+
+    def sample_ids(self) -> list[str]:
+        return [*self.patient_ids, *self.observation_ids[:4], *self.other_ids]
+
+    def markers(self) -> list[str]:
+        """Strings whose presence in a stranger's 2xx body discloses a seeded patient's data."""
+        return [*self.patient_ids, *self.observation_ids, *self.observation_texts]
+
+
+@dataclass
+class Tally:
+    cases: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    successes: Counter[str] = field(default_factory=Counter)  # 2xx per operation: the run reached handlers
+    server_errors: list[str] = field(default_factory=list)
+    unauthorized: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.cases} cases, statuses {dict(sorted(self.statuses.items()))}, "
+            f"{len(self.successes)} operations answered 2xx, "
+            f"{len(self.server_errors)} server errors, {len(self.unauthorized)} unauthorized successes"
+        )
+
+
+def run(
+    schema: Any,
+    credentials: Credentials,
+    *,
+    examples: int = EXAMPLES,
+    markers: list[str] | None = None,
+    modes: tuple[GenerationMode, ...] = MODES,
+) -> Tally:
+    """Every operation of `schema`, each generation mode, `examples` cases each, as `credentials`.
+    With `markers`, any 2xx whose body contains one is an unauthorized success (a disclosure)."""
+    tally = Tally()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        # The schema's own examples first (a seeded Patient id, say), then generated cases per mode.
+        for strategy in schema.get_strategies_from_examples(operation):
+            _fuzz(operation, strategy, "example", credentials, 1, markers or [], tally)
+        budget = min(examples, COSTLY.get(operation.label, examples))
+        for mode in modes:
+            strategy = operation.as_strategy(generation_mode=mode)
+            _fuzz(operation, strategy, mode.value, credentials, budget, markers or [], tally)
+    return tally
+
+
+def _fuzz(
+    operation: Any,
+    strategy: Any,
+    mode: str,
+    credentials: Credentials,
+    examples: int,
+    markers: list[str],
+    tally: Tally,
+) -> None:
+    @hypothesis.settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=(Phase.explicit, Phase.generate),
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.filter_too_much,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
+    )
+    @hypothesis.given(case=strategy)
+    def one(case: Any) -> None:
+        tally.cases += 1
+        headers = credentials.headers_for(operation)
+        label = f"{operation.label} [{mode}]"
+        try:
+            # Redirects not followed: a 303 to /login is a refusal, not the sign-in page's 200.
+            response = case.call(headers=headers, **NO_REDIRECTS)
+        except Exception as exc:  # noqa: BLE001 - an exception through the ASGI app is a server error
+            tally.server_errors.append(f"{label}: raised {exc.__class__.__name__}")
+            return
+        tally.statuses[response.status_code] += 1
+        if 200 <= response.status_code < 300:
+            tally.successes[operation.label] += 1
+            leaked = [m for m in markers if m in response.text]
+            if leaked:
+                tally.unauthorized.append(f"{label}: {response.status_code} discloses {leaked[:3]}")
+        try:
+            case.validate_response(response, checks=CHECKS, headers=headers, transport_kwargs=dict(NO_REDIRECTS))
+        except FailureGroup as group:
+            for failure in group.exceptions:
+                entry = f"{label}: {response.status_code} {failure.title}"
+                if isinstance(failure, ServerError):
+                    tally.server_errors.append(entry)
+                elif isinstance(failure, IgnoredAuth):
+                    tally.unauthorized.append(entry)
+                else:
+                    tally.server_errors.append(f"{entry} (unexpected check failure {failure.__class__.__name__})")
+
+    # Unsatisfiable: nothing to negate in this operation (no parameters, no body); the positive mode covers it.
+    with contextlib.suppress(hypothesis.errors.Unsatisfiable):
+        one()
+
+
+def load_schema(app: FastAPI, focus: Callable[[dict[str, Any]], None] | None = None) -> Any:
+    """The app's in-process schema (no HTTP endpoint serves it), bound to the app for ASGI calls."""
+    raw = json.loads(json.dumps(app.openapi()))  # a copy: the app caches its own
+    if focus is not None:
+        focus(raw)
+    schema = schemathesis.openapi.from_dict(raw)
+    schema.app = app
+    return schema
+
+
+def focus_on(seeded: Seeded) -> Callable[[dict[str, Any]], None]:
+    """Test-only narrowing for the seed: valid cases name a seeded resource type and a seeded id (so
+    reads hit real records); the negative mode still sends every other type name and id."""
+
+    def apply(raw: dict[str, Any]) -> None:
+        for item in raw["paths"].values():
+            for operation in item.values():
+                for param in operation.get("parameters", []):
+                    if param["in"] == "path" and param["name"] == "rid":
+                        param["schema"] = {"type": "string", "enum": seeded.sample_ids()}
+                        param["example"] = seeded.patient_ids[0]
+                    elif param["in"] == "path" and param["name"] == "rtype":
+                        param["schema"] = {"type": "string", "enum": FOCUS_TYPES}
+                        param["example"] = "Patient"
+
+    return apply
+
+
+@dataclass
+class Target:
+    app: FastAPI
+    seeded: Seeded
+    operator: Credentials
+    stranger: Credentials
+
+
+def _seed(app: FastAPI) -> Seeded:
+    state = app.state.medvault
+    seeded = Seeded([], [], [])
+    taken: Counter[str] = Counter()
+    with open_vault(state) as v:
+        for path in subset_files(SEEDED_FILES):
+            bundle = load(path)
+            record_bundles.process(vault=v, bundle=bundle, stable_ids=True)
+            for entry in bundle["entry"]:
+                resource = entry["resource"]
+                if resource["resourceType"] == "Patient":
+                    seeded.patient_ids.append(resource["id"])
+                elif resource["resourceType"] == "Observation":
+                    seeded.observation_ids.append(resource["id"])
+                    text = resource.get("code", {}).get("text") or ""
+                    if len(text) >= 12 and text not in seeded.observation_texts:
+                        seeded.observation_texts.append(text)
+                elif resource["resourceType"] in FOCUS_TYPES and taken[resource["resourceType"]] < 2:
+                    taken[resource["resourceType"]] += 1
+                    seeded.other_ids.append(resource["id"])
+    assert seeded.patient_ids
+    assert seeded.observation_ids
+    return seeded
+
+
+def _stranger(app: FastAPI) -> Credentials:
+    """A patient account linked to its own new Patient: no relationship to the seeded patients."""
+    state = app.state.medvault
+    with open_vault(state) as v:
+        own = service.create(vault=v, resource={"resourceType": "Patient", "gender": "other"}).rid
+        service.create(
+            vault=v,
+            resource={
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": OWN_TEXT},
+                "subject": {"reference": f"Patient/{own}"},
+            },
+        )
+    with unit_of_work(state.factory) as session:
+        accounts.create_account(
+            session=session,
+            crypto=state.crypto,
+            hasher=Hasher(),
+            login="stranger@example.org",
+            password=PASSWORD,
+            role="patient",
+            patient_id=own,
+            now=datetime.now(UTC),
+        )
+    # No `with`: the lifespan is schemathesis's to run. https: the cookie is Secure and __Host-.
+    client = TestClient(app, base_url="https://testserver")
+    body = f"login=stranger%40example.org&password={PASSWORD.replace(' ', '+')}"
+    signed_in = client.post("/login", content=body, headers=FORM, follow_redirects=False)
+    assert signed_in.status_code == 303, signed_in.text
+    cookie = signed_in.cookies.get(COOKIE)
+    assert cookie
+    return Credentials("stranger (patient page session)", session=cookie)
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[Target]:
+    """A fresh SQLite vault per run: the operator run writes and deletes, the stranger run must see
+    the seed intact."""
+    from schemathesis.python import asgi
+
+    with fresh_settings("sqlite", tmp_path / "data") as settings:
+        app = create_app(settings)
+        token = settings.token_path.read_text().strip()
+        seeded = _seed(app)
+        yield Target(
+            app,
+            seeded,
+            Credentials("operator (bearer token)", bearer=token),
+            _stranger(app),
+        )
+        asgi.shutdown_lifespans()  # schemathesis keeps each app's lifespan until process exit
+
+
+def test_schema_covers_every_route_with_a_security_requirement(target: Target) -> None:
+    raw = target.app.openapi()
+    operations = {(p, m): op for p, item in raw["paths"].items() for m, op in item.items()}
+    assert ("/me/record", "get") in operations  # pages are in, though FastAPI leaves them out
+    assert ("/healthz", "get") in operations
+    for (path, method), op in operations.items():
+        expected = (
+            [] if (path, method) in openapi.PUBLIC else [{"bearer": []}] if openapi.is_fhir(path) else [{"session": []}]
+        )
+        assert op["security"] == expected, (path, method)
+    assert raw["components"]["securitySchemes"]["session"] == {"type": "apiKey", "in": "cookie", "name": COOKIE}
+    # Still no HTTP endpoint serves it.
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert TestClient(target.app).get(path).status_code in (401, 404)
+
+
+def test_operator_run_has_no_server_errors_and_no_unauthenticated_successes(target: Target) -> None:
+    schema = load_schema(target.app, focus_on(target.seeded))
+    tally = run(schema, target.operator)
+    print(f"schemathesis as the operator: {tally.summary()}")
+    assert tally.server_errors == []
+    assert tally.unauthorized == []
+    operations = len(list(schema.get_all_operations()))
+    assert tally.cases >= operations * EXAMPLES  # bounded, but not vacuous
+    # The schema is tight enough to reach the handlers: reads of seeded records answer 200.
+    for label in ("GET /fhir/{rtype}/{rid}", "GET /fhir/{rtype}", "GET /fhir/Patient/{rid}/$everything"):
+        assert tally.successes[label] > 0, (label, tally.summary())
+
+
+def test_stranger_run_discloses_nothing_of_the_seeded_patients(target: Target) -> None:
+    schema = load_schema(target.app, focus_on(target.seeded))
+    tally = run(schema, target.stranger, markers=target.seeded.markers())
+    print(f"schemathesis as a stranger: {tally.summary()}")
+    assert tally.server_errors == []
+    assert tally.unauthorized == []
+    # The stranger did get in (its own pages answered), so "no leak" is not "no access at all".
+    assert tally.successes["GET /me/record"] > 0, tally.summary()
+
+
+# --- the harness itself: it must catch what it claims to catch ----------------------------------------
+
+
+def _broken_app(leak: str) -> FastAPI:
+    """A tiny app declaring auth, with a 500, a bearer and a cookie route that never check it, and a
+    checked route that discloses another patient's data."""
+    app = FastAPI(openapi_url=None)
+
+    @app.get("/crash")
+    def crash() -> None:
+        raise RuntimeError("deliberate")
+
+    @app.get("/open")
+    def open_door() -> PlainTextResponse:
+        return PlainTextResponse("anyone gets this")  # declares bearer auth but never checks it
+
+    @app.get("/page")
+    def page_without_session_check() -> PlainTextResponse:
+        return PlainTextResponse("a page that never reads its session cookie")
+
+    @app.get("/leak")
+    def leak_route(request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != "Bearer right":
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        return JSONResponse({"other-patient": leak})
+
+    raw = app.openapi()
+    raw["components"] = {"securitySchemes": openapi.SECURITY_SCHEMES}
+    for path, item in raw["paths"].items():
+        for op in item.values():
+            op["security"] = [{openapi.SESSION if path == "/page" else openapi.BEARER: []}]
+    schema = schemathesis.openapi.from_dict(raw)
+    schema.app = app
+    app.state.schema = schema
+    return app
+
+
+def test_harness_catches_a_server_error_and_unauthorized_successes() -> None:
+    app = _broken_app("Patient/someone-else")
+    tally = run(
+        app.state.schema,
+        Credentials("bearer and cookie", bearer="right", session="right"),
+        examples=2,
+        markers=["someone-else"],
+        modes=(GenerationMode.POSITIVE,),
+    )
+    assert any(e.startswith("GET /crash") for e in tally.server_errors), tally.server_errors
+    assert any(e.startswith("GET /open") and "authentication" in e for e in tally.unauthorized), tally.unauthorized
+    assert any(e.startswith("GET /page") and "authentication" in e for e in tally.unauthorized), tally.unauthorized
+    assert any(e.startswith("GET /leak") and "discloses" in e for e in tally.unauthorized), tally.unauthorized
+    assert not any(e.startswith("GET /leak") and "authentication" in e for e in tally.unauthorized)
