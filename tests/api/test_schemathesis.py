@@ -33,6 +33,7 @@ from schemathesis.core.failures import FailureGroup, ServerError
 from schemathesis.openapi.checks import IgnoredAuth
 from schemathesis.specs.openapi.checks import ignored_auth
 
+from medvault.access.consent import consent_resource
 from medvault.api import openapi
 from medvault.api.app import create_app
 from medvault.auth import accounts
@@ -56,6 +57,8 @@ PASSWORD = "a long and private passphrase"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 # Seeded types, plus types with rules of their own (Consent drives access, AuditEvent is the log).
 FOCUS_TYPES = ["Patient", "Observation", "Encounter", "Condition", "Consent", "AuditEvent", "Practitioner"]
+# Forms left without the CSRF token: a valid sign-out would end the run's session half way.
+CSRF_WITHHELD = frozenset({"/logout"})
 # Marks the stranger's own record: seen on its pages, it is no leak.
 OWN_TEXT = "the stranger's own reading"
 
@@ -68,6 +71,7 @@ class Credentials:
     name: str
     bearer: str | None = None
     session: str | None = None
+    csrf: str | None = None  # the session's form token, so generated page forms get past the CSRF check
 
     def headers_for(self, operation: Any) -> dict[str, str]:
         """Everything the caller holds, except a bearer token on an operation that declares the session
@@ -88,19 +92,22 @@ class Seeded:
     observation_ids: list[str]
     observation_texts: list[str]
     other_ids: list[str] = field(default_factory=list)  # a few of each other seeded type
+    practitioner_ids: list[str] = field(default_factory=list)
+    consent_id: str = ""  # the first seeded patient shares her record with a seeded clinician
 
     def sample_ids(self) -> list[str]:
         return [*self.patient_ids, *self.observation_ids[:4], *self.other_ids]
 
     def markers(self) -> list[str]:
         """Strings whose presence in a stranger's 2xx body discloses a seeded patient's data."""
-        return [*self.patient_ids, *self.observation_ids, *self.observation_texts]
+        return [*self.patient_ids, *self.observation_ids, *self.observation_texts, self.consent_id]
 
 
 @dataclass
 class Tally:
     cases: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
+    by_operation: dict[str, Counter[int]] = field(default_factory=dict)
     successes: Counter[str] = field(default_factory=Counter)  # 2xx per operation: the run reached handlers
     server_errors: list[str] = field(default_factory=list)
     unauthorized: list[str] = field(default_factory=list)
@@ -170,6 +177,7 @@ def _fuzz(
             tally.server_errors.append(f"{label}: raised {exc.__class__.__name__}")
             return
         tally.statuses[response.status_code] += 1
+        tally.by_operation.setdefault(operation.label, Counter())[response.status_code] += 1
         if 200 <= response.status_code < 300:
             tally.successes[operation.label] += 1
             leaked = [m for m in markers if m in response.text]
@@ -202,20 +210,33 @@ def load_schema(app: FastAPI, focus: Callable[[dict[str, Any]], None] | None = N
     return schema
 
 
-def focus_on(seeded: Seeded) -> Callable[[dict[str, Any]], None]:
+def focus_on(seeded: Seeded, credentials: Credentials | None = None) -> Callable[[dict[str, Any]], None]:
     """Test-only narrowing for the seed: valid cases name a seeded resource type and a seeded id (so
-    reads hit real records); the negative mode still sends every other type name and id."""
+    reads hit real records); the negative mode still sends every other type name and id. With the
+    caller's CSRF token, valid page forms carry it and name the seeded clinician and the seeded
+    patient's Consent, so a stranger's forms reach the code that must refuse them."""
 
     def apply(raw: dict[str, Any]) -> None:
-        for item in raw["paths"].values():
+        for path, item in raw["paths"].items():
             for operation in item.values():
                 for param in operation.get("parameters", []):
                     if param["in"] == "path" and param["name"] == "rid":
-                        param["schema"] = {"type": "string", "enum": seeded.sample_ids()}
+                        param["schema"] = {"type": "string", "enum": [*seeded.sample_ids(), seeded.consent_id]}
                         param["example"] = seeded.patient_ids[0]
                     elif param["in"] == "path" and param["name"] == "rtype":
                         param["schema"] = {"type": "string", "enum": FOCUS_TYPES}
                         param["example"] = "Patient"
+                form = operation.get("requestBody", {}).get("content", {}).get(openapi.FORM, {}).get("schema", {})
+                fields = form.get("properties", {})
+                if credentials and credentials.csrf and "csrf" in fields and path not in CSRF_WITHHELD:
+                    fields["csrf"] = {"type": "string", "enum": [credentials.csrf]}
+                    form["required"] = ["csrf"]
+                if "consent" in fields:
+                    fields["consent"] = {"type": "string", "enum": [seeded.consent_id]}
+                if "practitioner" in fields:
+                    fields["practitioner"] = {"type": "string", "enum": seeded.practitioner_ids[:2]}
+                if "until" in fields:
+                    fields["until"] = {"type": "string", "enum": ["", "2099-12-31"]}
 
     return apply
 
@@ -224,8 +245,7 @@ def focus_on(seeded: Seeded) -> Callable[[dict[str, Any]], None]:
 class Target:
     app: FastAPI
     seeded: Seeded
-    operator: Credentials
-    stranger: Credentials
+    token: str  # the operator's bearer token
 
 
 def _seed(app: FastAPI) -> Seeded:
@@ -240,17 +260,36 @@ def _seed(app: FastAPI) -> Seeded:
                 resource = entry["resource"]
                 if resource["resourceType"] == "Patient":
                     seeded.patient_ids.append(resource["id"])
-                elif resource["resourceType"] == "Observation":
+                if resource["resourceType"] == "Observation":
                     seeded.observation_ids.append(resource["id"])
                     text = resource.get("code", {}).get("text") or ""
                     if len(text) >= 12 and text not in seeded.observation_texts:
                         seeded.observation_texts.append(text)
-                elif resource["resourceType"] in FOCUS_TYPES and taken[resource["resourceType"]] < 2:
+                if resource["resourceType"] == "Practitioner":
+                    seeded.practitioner_ids.append(resource["id"])
+                if resource["resourceType"] in FOCUS_TYPES and taken[resource["resourceType"]] < 2:
                     taken[resource["resourceType"]] += 1
                     seeded.other_ids.append(resource["id"])
+        consent = consent_resource(
+            patient_id=seeded.patient_ids[0],
+            grantee=f"Practitioner/{seeded.practitioner_ids[0]}",
+            resource_types=None,
+            sensitive=frozenset(),
+            start=None,
+            end=None,
+            now=datetime.now(UTC),
+        )
+        seeded.consent_id = service.create(vault=v, resource=consent).rid
     assert seeded.patient_ids
     assert seeded.observation_ids
     return seeded
+
+
+def _consent_untouched(app: FastAPI, seeded: Seeded) -> bool:
+    with open_vault(app.state.medvault) as v:
+        consent = service.read(vault=v, rtype="Consent", rid=seeded.consent_id)
+        consents = service.search(vault=v, rtype="Consent", params=[("patient", seeded.patient_ids[0])]).total
+    return consent["meta"]["versionId"] == "1" and consent["status"] == "active" and consents == 1
 
 
 def _stranger(app: FastAPI) -> Credentials:
@@ -285,7 +324,10 @@ def _stranger(app: FastAPI) -> Credentials:
     assert signed_in.status_code == 303, signed_in.text
     cookie = signed_in.cookies.get(COOKIE)
     assert cookie
-    return Credentials("stranger (patient page session)", session=cookie)
+    page = client.get("/me/sharing", headers={"Cookie": f"{COOKIE}={cookie}"})
+    assert page.status_code == 200, page.text
+    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    return Credentials("stranger (patient page session)", session=cookie, csrf=csrf)
 
 
 @pytest.fixture
@@ -296,15 +338,20 @@ def target(tmp_path: Path) -> Iterator[Target]:
 
     with fresh_settings("sqlite", tmp_path / "data") as settings:
         app = create_app(settings)
-        token = settings.token_path.read_text().strip()
-        seeded = _seed(app)
-        yield Target(
-            app,
-            seeded,
-            Credentials("operator (bearer token)", bearer=token),
-            _stranger(app),
-        )
+        yield Target(app, _seed(app), settings.token_path.read_text().strip())
         asgi.shutdown_lifespans()  # schemathesis keeps each app's lifespan until process exit
+
+
+@pytest.fixture
+def operator(target: Target) -> Credentials:
+    return Credentials("operator (bearer token)", bearer=target.token)
+
+
+@pytest.fixture
+def stranger(target: Target) -> Credentials:
+    """An actor with no relationship to the seeded patients. Today a patient's page session; swap in
+    (or add) a SMART access token of that patient once /fhir takes them."""
+    return _stranger(target.app)
 
 
 def test_schema_covers_every_route_with_a_security_requirement(target: Target) -> None:
@@ -323,9 +370,9 @@ def test_schema_covers_every_route_with_a_security_requirement(target: Target) -
         assert TestClient(target.app).get(path).status_code in (401, 404)
 
 
-def test_operator_run_has_no_server_errors_and_no_unauthenticated_successes(target: Target) -> None:
+def test_operator_run_no_server_errors_no_unauthenticated_successes(target: Target, operator: Credentials) -> None:
     schema = load_schema(target.app, focus_on(target.seeded))
-    tally = run(schema, target.operator)
+    tally = run(schema, operator)
     print(f"schemathesis as the operator: {tally.summary()}")
     assert tally.server_errors == []
     assert tally.unauthorized == []
@@ -336,14 +383,22 @@ def test_operator_run_has_no_server_errors_and_no_unauthenticated_successes(targ
         assert tally.successes[label] > 0, (label, tally.summary())
 
 
-def test_stranger_run_discloses_nothing_of_the_seeded_patients(target: Target) -> None:
-    schema = load_schema(target.app, focus_on(target.seeded))
-    tally = run(schema, target.stranger, markers=target.seeded.markers())
+def test_stranger_run_discloses_nothing_of_the_seeded_patients(target: Target, stranger: Credentials) -> None:
+    schema = load_schema(target.app, focus_on(target.seeded, stranger))
+    tally = run(schema, stranger, markers=target.seeded.markers())
     print(f"schemathesis as a stranger: {tally.summary()}")
     assert tally.server_errors == []
     assert tally.unauthorized == []
     # The stranger did get in (its own pages answered), so "no leak" is not "no access at all".
     assert tally.successes["GET /me/record"] > 0, tally.summary()
+    # Writes count too: the seeded patient's Consent, which the stranger's forms named, is unchanged.
+    assert _consent_untouched(target.app, target.seeded)
+    # The forms got past the CSRF check (a refusal of every form would prove nothing): the stranger
+    # shared its own record, and its attempts on the other patient's Consent reached the guard.
+    assert tally.by_operation["POST /me/sharing"][303] > 0, tally.by_operation["POST /me/sharing"]
+    revokes = tally.by_operation["POST /me/sharing/revoke"]
+    assert revokes[404] > 0, revokes
+    assert not any(300 <= status < 400 for status in revokes), revokes
 
 
 # --- the harness itself: it must catch what it claims to catch ----------------------------------------
