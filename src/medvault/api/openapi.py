@@ -88,6 +88,13 @@ _BUNDLE_BODY: dict[str, Any] = {
         },
     },
 }
+# Valid documents (random objects rarely are): the examples a run starts from reach the write paths.
+_PATIENT_EXAMPLE: dict[str, Any] = {"resourceType": "Patient", "active": True, "gender": "unknown"}
+_BUNDLE_EXAMPLE: dict[str, Any] = {
+    "resourceType": "Bundle",
+    "type": "transaction",
+    "entry": [{"resource": _PATIENT_EXAMPLE, "request": {"method": "POST", "url": "Patient"}}],
+}
 _FREE_FORM: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
 _TEXT = {"type": "string"}
 # The fields of the page forms (templates/*.html); a page form not listed here gets a free form.
@@ -167,11 +174,11 @@ def _describe(path: str, method: str, operation: dict[str, Any]) -> None:
             operation["requestBody"] = {"required": True, "content": {FORM: {"schema": copy.deepcopy(body)}}}
         return
     if path == "/fhir" and method == "post":
-        operation["requestBody"] = _json_body(_BUNDLE_BODY)
+        operation["requestBody"] = _json_body(_BUNDLE_BODY, _BUNDLE_EXAMPLE)
     elif path == "/fhir/{rtype}/_search" and method == "post":
         operation["requestBody"] = {"required": False, "content": {FORM: {"schema": copy.deepcopy(_FREE_FORM)}}}
     elif path in ("/fhir/{rtype}", "/fhir/{rtype}/{rid}") and method in ("post", "put"):
-        operation["requestBody"] = _json_body(_RESOURCE_BODY)
+        operation["requestBody"] = _json_body(_RESOURCE_BODY, _PATIENT_EXAMPLE)
     if path == "/fhir/{rtype}" and method in ("get", "delete"):
         known = {p.get("name") for p in operation.get("parameters", [])}
         operation.setdefault("parameters", []).extend(
@@ -181,5 +188,5 @@ def _describe(path: str, method: str, operation: dict[str, Any]) -> None:
         )
 
 
-def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"required": True, "content": {FHIR_JSON: {"schema": copy.deepcopy(schema)}}}
+def _json_body(schema: dict[str, Any], example: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {FHIR_JSON: {"schema": copy.deepcopy(schema), "example": example}}}
