@@ -131,7 +131,9 @@ def build(app: FastAPI) -> dict[str, Any]:
 
 
 def is_fhir(path: str) -> bool:
-    return path == "/fhir" or path.startswith("/fhir/")
+    """As the guard in app.py judges it: /fhir in any letter case."""
+    lowered = path.lower()
+    return lowered == "/fhir" or lowered.startswith("/fhir/")
 
 
 def security_for(path: str, method: str) -> list[dict[str, list[str]]]:
