@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 import secrets
 import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from medvault.auth import accounts
+from medvault.access.consent import consent_resource
+from medvault.auth import accounts, totp
 from medvault.auth.passwords import Hasher
 from medvault.db import make_engine, make_sessionmaker, unit_of_work
 from medvault.records import guard, service
@@ -164,5 +166,85 @@ def ensure_demo_patient_account(settings: Any) -> tuple[str, str | None]:
                 now=datetime.now(UTC),
             )
         return DEMO_PATIENT_LOGIN, password
+    finally:
+        engine.dispose()
+
+
+DEMO_CLINICIAN_LOGIN = "clinician@demo.medvault.invalid"
+_DEMO_PRACTITIONER: dict[str, Any] = {
+    "resourceType": "Practitioner",
+    "active": True,
+    "name": [{"use": "official", "prefix": ["Dr."], "given": ["Demo"], "family": "Clinician"}],
+}
+
+
+@dataclass(frozen=True)
+class DemoClinician:
+    """What to print: the login, and when the account was made now its passphrase and TOTP secret
+    (shown once; the passphrase is stored only as a hash, the secret only sealed)."""
+
+    login: str
+    password: str | None = None
+    totp_secret: str | None = None
+    totp_uri: str | None = None
+
+
+def ensure_demo_clinician_account(settings: Any) -> DemoClinician:
+    """A Practitioner, a clinician account for it with an authenticator already enrolled (the
+    role needs a second factor before any record page), and a grant from the demo patient to it:
+    whole record, not the sensitive parts, one year. Run after `ensure_demo_patient_account`."""
+    engine = make_engine(settings)
+    try:
+        factory = make_sessionmaker(engine)
+        with factory() as session:
+            crypto = build_crypto(settings, session)
+            if accounts.login_taken(session=session, crypto=crypto, login=DEMO_CLINICIAN_LOGIN):
+                return DemoClinician(login=DEMO_CLINICIAN_LOGIN)
+            patient_id = next(
+                (
+                    a.patient_id
+                    for a in accounts.list_accounts(session=session, crypto=crypto)
+                    if a.login == DEMO_PATIENT_LOGIN
+                ),
+                None,
+            )
+        if patient_id is None:
+            raise ValueError("no demo patient account to grant the demo clinician access")
+        now = datetime.now(UTC)
+        password = "-".join(secrets.token_urlsafe(6) for _ in range(4))  # ~140 bits, shown once
+        with guard.unit_of_work(factory, crypto, guard.OPERATOR_CLI) as vault:
+            practitioner_id = service.create(vault=vault, resource=dict(_DEMO_PRACTITIONER)).rid
+            grant = consent_resource(
+                patient_id=patient_id,
+                grantee=f"Practitioner/{practitioner_id}",
+                resource_types=None,
+                sensitive=frozenset(),
+                start=now,
+                end=now + timedelta(days=365),
+                now=now,
+            )
+            service.create(vault=vault, resource=grant)
+        with unit_of_work(factory) as session:
+            account_id = accounts.create_account(
+                session=session,
+                crypto=crypto,
+                hasher=Hasher(),
+                login=DEMO_CLINICIAN_LOGIN,
+                password=password,
+                role="clinician",
+                practitioner_id=practitioner_id,
+                now=now,
+            )
+            secret, uri = accounts.begin_totp(session=session, crypto=crypto, account_id=account_id)
+            # Confirmed with the previous step's code: the current one stays unused, so the person
+            # can sign in at once with what their app shows.
+            accounts.confirm_totp(
+                session=session,
+                crypto=crypto,
+                account_id=account_id,
+                code=totp.totp_code(secret=secret, step=totp.time_step(now) - 1),
+                now=now,
+            )
+        return DemoClinician(login=DEMO_CLINICIAN_LOGIN, password=password, totp_secret=secret, totp_uri=uri)
     finally:
         engine.dispose()

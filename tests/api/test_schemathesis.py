@@ -227,6 +227,8 @@ def focus_on(seeded: Seeded, credentials: Credentials | None = None) -> Callable
                     if param["in"] == "path" and param["name"] == "rid":
                         param["schema"] = {"type": "string", "enum": [*seeded.sample_ids(), seeded.consent_id]}
                         param["example"] = seeded.patient_ids[0]
+                    elif param["in"] == "path" and param["name"] == "patient_id":
+                        param["schema"] = {"type": "string", "enum": seeded.patient_ids}
                     elif param["in"] == "path" and param["name"] == "rtype":
                         param["schema"] = {"type": "string", "enum": FOCUS_TYPES}
                         param["example"] = "Patient"
@@ -324,7 +326,9 @@ def _stranger(app: FastAPI) -> Credentials:
     # No `with`: the lifespan is schemathesis's to run. https: the cookie is Secure and __Host-.
     client = TestClient(app, base_url="https://testserver")
     body = f"login=stranger%40example.org&password={PASSWORD.replace(' ', '+')}"
-    signed_in = client.post("/login", content=body, headers=FORM, follow_redirects=False)
+    signed_in = client.post(
+        "/login", content=body, headers={**FORM, "Origin": "https://testserver"}, follow_redirects=False
+    )
     assert signed_in.status_code == 303, signed_in.text
     cookie = signed_in.cookies.get(COOKIE)
     assert cookie

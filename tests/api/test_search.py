@@ -370,8 +370,19 @@ TYPE_CASES: dict[str, tuple[dict[str, Any], list[tuple[str, str, str]]]] = {
             "category": [cc(LOINC, "59284-0")],
             "dateTime": "2012-12-12T12:12:12Z",
             "policyRule": cc(None, "OPTIN"),
+            "provision": {
+                "type": "permit",
+                "period": {"start": "2012-12-12T00:00:00Z", "end": "2013-12-12T00:00:00Z"},
+                "actor": [{"role": cc(None, "IRCP"), "reference": {"reference": "Practitioner/dr-1"}}],
+            },
         },
-        [("category", "59284-0", "1"), ("status", "active", "draft"), ("date", "le2012-12-12", "gt2012-12-12")],
+        [
+            ("category", "59284-0", "1"),
+            ("status", "active", "draft"),
+            ("date", "le2012-12-12", "gt2012-12-12"),
+            ("actor", "Practitioner/dr-1", "Practitioner/dr-2"),
+            ("period", "ge2013-06-01", "gt2014-01-01"),
+        ],
     ),
     "practitioner": (
         {

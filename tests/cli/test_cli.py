@@ -153,15 +153,23 @@ def test_demo_generates_synthetic_patients_without_shared(tmp_path: Path, monkey
     # A patient sign-in is printed once, with a generated passphrase that only exists as a hash.
     assert "patient@demo.medvault.invalid" in result.output
     password = result.output.split("password  ", 1)[1].split()[0]
+    # And a clinician, with an authenticator already set up and the patient's grant.
+    assert "clinician@demo.medvault.invalid" in result.output
+    clinician_part = result.output.split("clinician sign-in", 1)[1]
+    clinician_password = clinician_part.split("password  ", 1)[1].split()[0]
+    secret = clinician_part.split("authenticator key  ", 1)[1].split()[0]
     again = invoke("demo", "--data-dir", str(data), "--no-serve")
     assert again.exit_code == 0, again.output
     assert password not in again.output
+    assert clinician_password not in again.output
+    assert secret not in again.output
     assert "as printed when this data directory was first set up" in again.output
-    from medvault.auth import accounts
+    from medvault.auth import accounts, totp
     from medvault.auth.passwords import Hasher
     from medvault.config import load_settings
     from medvault.db import make_engine, unit_of_work
     from medvault.db import make_sessionmaker as sessions_for
+    from medvault.records import guard, service
     from medvault.store.crypto_context import build_crypto
 
     settings = load_settings(data_dir=data, environment="development")
@@ -179,6 +187,26 @@ def test_demo_generates_synthetic_patients_without_shared(tmp_path: Path, monkey
                 client_address="127.0.0.1",
                 now=datetime.now(UTC),
             )
+            clinician_ok = accounts.authenticate(
+                session=session,
+                crypto=crypto,
+                hasher=Hasher(),
+                login="clinician@demo.medvault.invalid",
+                password=clinician_password,
+                second_factor=totp.totp_code(secret=secret, step=totp.time_step(datetime.now(UTC))),
+                client_address="127.0.0.1",
+                now=datetime.now(UTC),
+            )
+        assert clinician_ok.status == "ok"
+        assert clinician_ok.actor is not None
+        assert not clinician_ok.actor.needs_mfa_enrolment
+        caller = guard.Caller(actor=clinician_ok.actor, via="page")
+        with guard.unit_of_work(sessions_for(engine), crypto, caller) as vault:
+            (shared,) = service.granted_patients(vault=vault, now=datetime.now(UTC))
+        assert shared.grant.sensitive == frozenset()
+        assert shared.grant.resource_types is None
+        assert shared.grant.end is not None
+        assert 364 <= (shared.grant.end - datetime.now(UTC)).days <= 365
     finally:
         engine.dispose()
     assert result_ok.status == "ok"

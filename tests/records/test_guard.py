@@ -329,3 +329,53 @@ def test_a_miss_is_logged_like_a_refusal(world: World) -> None:
     with pytest.raises(NotFound), acting(world.env, clinician(world.dr2)) as v:
         service.read(vault=v, rtype="Observation", rid=world.obs)
     assert log_size() == before + 2
+
+
+def test_granted_patients_lists_grants_in_force_only_and_logs_the_look_up(world: World) -> None:
+    now = datetime.now(UTC)
+
+    def grant(pid: str, prid: str, **period: datetime) -> str:
+        consent = consent_resource(
+            patient_id=pid,
+            grantee=f"Practitioner/{prid}",
+            resource_types=None,
+            sensitive=frozenset({"hiv"}),
+            start=period.get("start"),
+            end=period.get("end"),
+            now=now,
+        )
+        with acting(world.env, patient(pid)) as v:
+            return service.create(vault=v, resource=consent).rid
+
+    grant(world.bob, world.dr1, start=now - timedelta(days=20), end=now - timedelta(days=10))  # expired
+    grant(world.bob, world.dr1, start=now + timedelta(days=10))  # not started yet
+    grant(world.bob, world.dr2, end=now + timedelta(days=5))  # someone else's
+    with acting(world.env, clinician(world.dr1)) as v:
+        (only,) = service.granted_patients(vault=v, now=now)
+    assert only.patient["id"] == world.alice
+    assert only.grant.consent_id == world.consent
+    assert only.grant.end is None
+    with acting(world.env, clinician(world.dr2)) as v:
+        (theirs,) = service.granted_patients(vault=v, now=now)
+    assert theirs.patient["id"] == world.bob
+    assert theirs.grant.sensitive == frozenset({"hiv"})
+    for nobody in (patient(world.alice), Actor(account_id="o", role="privacy-officer", mfa_enrolled=True)):
+        with acting(world.env, nobody) as v:
+            assert service.granted_patients(vault=v, now=now) == []
+
+    with open_vault(world.env) as v:
+        alice_log = audit_log.for_patient(session=v.session, crypto=v.crypto, patient_id=world.alice)
+        bob_log = audit_log.for_patient(session=v.session, crypto=v.crypto, patient_id=world.bob)
+    # The look-up is in the patient's access log; Dr One's grants from Bob that are not in force
+    # were never put to the decision, so Bob's log holds no refusal for Dr One.
+    assert any(
+        e.event["agent"][0]["who"].get("reference") == f"Practitioner/{world.dr1}" and e.event["outcome"] == "0"
+        for e in alice_log
+    )
+    assert not any(e.event["agent"][0]["who"].get("reference") == f"Practitioner/{world.dr1}" for e in bob_log)
+
+    with acting(world.env, patient(world.alice)) as v:  # revoked: gone from the very next look-up
+        current = service.read(vault=v, rtype="Consent", rid=world.consent)
+        service.update(vault=v, rtype="Consent", rid=world.consent, resource=revoked(current))
+    with acting(world.env, clinician(world.dr1)) as v:
+        assert service.granted_patients(vault=v, now=now) == []

@@ -1,10 +1,12 @@
-"""Sign-in pages and "who accessed my record" on both backends, through the real app (cookies,
-CSP, CSRF, second factor); the browser-driven flow comes with the rest of the pages."""
+"""The pages on both backends through the real app (cookies, CSP, CSRF, origin, second factor):
+sign-in, the patient's pages, the clinician's "my patients" and patient record, the privacy
+officer's alerts. The same flow in a real browser is tests/web/test_browser.py."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
@@ -51,9 +53,13 @@ def site(vault_env: Any) -> Any:
         yield client, vault_env, pid, oid
 
 
-def _login(client: Any, password: str = PASSWORD, code: str = "") -> Any:
-    body = f"login=pat%40example.org&password={password.replace(' ', '+')}&code={code}"
-    return client.post("/login", content=body, headers=FORM, follow_redirects=False)
+# A browser sends Origin with every form POST; sign-in refuses a POST without it (or a Referer).
+SIGN_IN = {**FORM, "Origin": "https://testserver"}
+
+
+def _login(client: Any, password: str = PASSWORD, code: str = "", login: str = "pat@example.org") -> Any:
+    body = urlencode({"login": login, "password": password, "code": code})
+    return client.post("/login", content=body, headers=SIGN_IN, follow_redirects=False)
 
 
 def test_pages_need_a_session(site: Any) -> None:
@@ -214,8 +220,7 @@ def test_a_role_that_needs_a_second_factor_can_only_set_one_up(site: Any) -> Non
             practitioner_id=dr,
             now=datetime.now(UTC),
         )
-    body = "login=dr%40example.org&password=clinician+passphrase&code="
-    signed = client.post("/login", content=body, headers=FORM, follow_redirects=False)
+    signed = _login(client, "clinician passphrase", login="dr@example.org")
     assert signed.status_code == 303
     assert signed.headers["location"] == "/me/authenticator"
     assert client.get("/", follow_redirects=False).status_code == 303  # nothing else until enrolled
@@ -260,6 +265,198 @@ def test_my_record_is_a_readable_timeline(site: Any) -> None:
     assert '"resourceType"' not in record.text  # readable, not raw JSON
     log = client.get("/me/access").text
     assert "read the whole record" in log  # her own view is in her access log too
+
+
+def test_sign_in_refuses_cross_site_and_headerless_posts(site: Any) -> None:
+    client, *_ = site
+    body = urlencode({"login": "pat@example.org", "password": PASSWORD})
+    for headers in (
+        FORM,  # neither Origin nor Referer
+        {**FORM, "Origin": "https://evil.example"},
+        {**FORM, "Origin": "null"},  # a sandboxed frame or a data: page
+        {**FORM, "Referer": "https://evil.example/login"},
+    ):
+        refused = client.post("/login", content=body, headers=headers, follow_redirects=False)
+        assert refused.status_code == 403, headers
+        assert COOKIE not in refused.headers.get("set-cookie", "")
+        assert "cross-site" in refused.text
+    by_referer = client.post(
+        "/login", content=body, headers={**FORM, "Referer": "https://testserver/login"}, follow_redirects=False
+    )
+    assert by_referer.status_code == 303
+    assert by_referer.headers["set-cookie"].startswith(f"{COOKIE}=")
+
+
+def _enrolled(env: Any, *, login: str, password: str, role: str, **link: str) -> str:
+    """An account with a confirmed authenticator; returns its TOTP secret. The confirming code is
+    the previous step's, so a sign-in with the current step's code is not a replay."""
+    now = datetime.now(UTC)
+    with unit_of_work(env.factory) as session:
+        account_id = accounts.create_account(
+            session=session,
+            crypto=env.crypto,
+            hasher=Hasher(),
+            login=login,
+            password=password,
+            role=role,  # type: ignore[arg-type]
+            now=now,
+            **link,
+        )
+        secret, _uri = accounts.begin_totp(session=session, crypto=env.crypto, account_id=account_id)
+    with unit_of_work(env.factory) as session:
+        accounts.confirm_totp(
+            session=session,
+            crypto=env.crypto,
+            account_id=account_id,
+            code=totp.totp_code(secret=secret, step=totp.time_step(now) - 1),
+            now=now,
+        )
+    return secret
+
+
+def _now_code(secret: str) -> str:
+    return totp.totp_code(secret=secret, step=totp.time_step(datetime.now(UTC)))
+
+
+def _grant(env: Any, pid: str, dr: str, **kw: Any) -> str:
+    from medvault.access.consent import consent_resource
+
+    consent = consent_resource(
+        patient_id=pid,
+        grantee=f"Practitioner/{dr}",
+        resource_types=None,
+        sensitive=frozenset(),
+        start=None,
+        end=kw.get("end", datetime(2099, 12, 31, tzinfo=UTC)),
+        now=datetime.now(UTC),
+    )
+    with open_vault(env) as v:
+        return service.create(vault=v, resource=consent).rid
+
+
+def _revoke(env: Any, consent_id: str) -> None:
+    from medvault.access.consent import revoked
+
+    with open_vault(env) as v:
+        current = service.read(vault=v, rtype="Consent", rid=consent_id)
+        service.update(vault=v, rtype="Consent", rid=consent_id, resource=revoked(current))
+
+
+def test_clinician_sees_granted_patients_and_their_record(site: Any) -> None:
+    client, env, pid, _oid = site
+    with open_vault(env) as v:
+        dr = service.create(vault=v, resource={"resourceType": "Practitioner", "name": [{"family": "Osler"}]}).rid
+        other = service.create(
+            vault=v, resource={"resourceType": "Patient", "name": [{"family": "Stranger", "given": ["Sam"]}]}
+        ).rid
+        current = service.read(vault=v, rtype="Patient", rid=pid)
+        service.update(
+            vault=v, rtype="Patient", rid=pid, resource={**current, "name": [{"family": "Quinn", "given": ["Ada"]}]}
+        )
+        for text, when, security in (
+            ("Blood pressure panel", "2023-04-01T09:00:00Z", None),
+            ("Counselling note", "2023-05-01T09:00:00Z", "PSY"),
+        ):
+            service.create(
+                vault=v,
+                resource={
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": text},
+                    "subject": {"reference": f"Patient/{pid}"},
+                    "effectiveDateTime": when,
+                    **(
+                        {
+                            "meta": {
+                                "security": [
+                                    {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": security}
+                                ]
+                            }
+                        }
+                        if security
+                        else {}
+                    ),
+                },
+            )
+    consent_id = _grant(env, pid, dr)
+    _grant(env, other, dr, end=datetime(2001, 1, 1, tzinfo=UTC))  # expired: not one of "my patients"
+    secret = _enrolled(
+        env, login="dr@example.org", password="clinician passphrase", role="clinician", practitioner_id=dr
+    )
+    assert _login(client, "clinician passphrase", _now_code(secret), login="dr@example.org").status_code == 303
+
+    home = client.get("/")
+    assert 'href="/patients"' in home.text
+    assert 'href="/me/sharing"' not in home.text
+    mine = client.get("/patients")
+    assert mine.status_code == 200
+    assert "Ada Quinn" in mine.text
+    assert "whole record (not sensitive parts)" in mine.text
+    assert "2099-12-31" in mine.text
+    assert "Stranger" not in mine.text
+    assert other not in mine.text
+    record = client.get(f"/patients/{pid}")
+    assert record.status_code == 200
+    assert "Record of Ada Quinn" in record.text
+    assert "2023-04-01" in record.text
+    assert "Blood pressure panel" in record.text
+    assert "Counselling note" not in record.text  # a sensitive entry the grant does not name
+    assert client.get("/me/record", follow_redirects=False).status_code == 404  # a patient page
+
+    # A stranger's record, an unknown id and a malformed id: the same page, byte for byte.
+    denied = client.get(f"/patients/{other}")
+    missing = client.get("/patients/no-such-patient")
+    malformed = client.get("/patients/%20bad%20")
+    assert denied.status_code == missing.status_code == malformed.status_code == 404
+    assert denied.text == missing.text == malformed.text
+    assert "not available" in denied.text
+    assert "Stranger" not in denied.text
+
+    _revoke(env, consent_id)
+    after = client.get(f"/patients/{pid}")
+    assert after.status_code == 404
+    assert after.text == missing.text
+    assert "Ada Quinn" not in client.get("/patients").text
+
+    assert _login(client).status_code == 303  # the patient's view of it
+    log = client.get("/me/access").text
+    assert "Osler" in log  # named, not an id
+    assert dr not in log
+    assert "read the whole record" in log
+    assert "refused" in log
+
+
+def test_alerts_page_for_the_privacy_officer_only(site: Any) -> None:
+    from medvault.audit import alerts
+
+    client, env, pid, _oid = site
+    with unit_of_work(env.factory) as session:
+        alerts.mark_decoy(session=session, crypto=env.crypto, patient_id=pid)
+    with open_vault(env) as v:
+        service.read(vault=v, rtype="Patient", rid=pid)  # the operator touches a decoy: an alert
+    secret = _enrolled(env, login="po@example.org", password="privacy passphrase", role="privacy-officer")
+    assert _login(client, "privacy passphrase", _now_code(secret), login="po@example.org").status_code == 303
+    page = client.get("/alerts")
+    assert page.status_code == 200
+    assert page.headers["content-security-policy"] == CSP
+    assert "Decoy record touched" in page.text
+    assert "the operator" in page.text
+    assert pid not in page.text  # never a patient id
+    assert 'href="/alerts"' in page.text
+    alert_id = page.text.split('name="alert" value="', 1)[1].split('"', 1)[0]
+    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    forged = client.post("/alerts/acknowledge", content=f"csrf=nope&alert={alert_id}", headers=FORM)
+    assert forged.status_code == 403
+    done = client.post(
+        "/alerts/acknowledge", content=f"csrf={csrf}&alert={alert_id}", headers=FORM, follow_redirects=False
+    )
+    assert done.status_code == 303
+    assert "reviewed" in client.get("/alerts").text
+    assert client.get("/patients").status_code == 404  # a clinician page
+
+    assert _login(client).status_code == 303  # a patient may not see alerts
+    assert client.get("/alerts").status_code == 404
+    assert client.get("/patients").status_code == 404
 
 
 def test_a_non_ascii_csrf_field_is_refused_not_a_server_error(site: Any) -> None:

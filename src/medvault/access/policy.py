@@ -214,3 +214,18 @@ def _grantee_refs(actor: Actor, organization_ids: frozenset[str]) -> frozenset[s
     if actor.practitioner_id is not None:
         refs.add(f"Practitioner/{actor.practitioner_id}")
     return frozenset(refs)
+
+
+def may_read_access_log(*, actor: Actor | None, patient_id: str) -> Decision | None:
+    """Who may read a patient's access log ("who accessed my record"): the patient themself, and
+    the operator (actor None: administration and audit tooling). Nobody else, not even a clinician
+    with a grant: the log says who else looked, which is the patient's to know.
+
+    Returns None when allowed for the operator (no decision to record), else a Decision whose
+    refusal is a 403 (the log of a patient is not a clinical record whose existence needs hiding:
+    the refusal is the same whatever the id, existing or not)."""
+    if actor is None:
+        return None
+    if actor.role == "patient" and actor.patient_id is not None and actor.patient_id == patient_id:
+        return _allow("own-record-read")
+    return _deny("not-own-compartment", hide=False)

@@ -48,6 +48,7 @@ FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 MAX_VERSION = 2**31 - 1  # versions are 32-bit integers in the database
 MAX_OFFSET = 10**9
+MAX_SEQ = 2**62  # audit sequence numbers are 64-bit integers in the database
 log = logs.get("api")
 
 
@@ -368,6 +369,37 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
                 "type": "searchset",
                 "total": len(docs),
                 "entry": [{"fullUrl": f"{b}/{d['resourceType']}/{d['id']}", "resource": d} for d in docs],
+            }
+        )
+
+    @app.get("/fhir/AuditEvent")
+    @with_vault
+    def access_log(
+        request: Request, v: Vault, patient: str = "", _count: int = 50, _before: int | None = None
+    ) -> FhirResponse:
+        # "Who accessed my record": the access log is not stored as AuditEvent resources but in the
+        # Merkle log; this search reads it, for the patient themself only.
+        unknown = {k for k in request.query_params if k not in ("patient", "_count", "_before", "_format")}
+        if unknown or not patient:
+            raise UnsupportedSearch("AuditEvent search takes patient (required) and _count only")
+        if _before is not None and not 0 < _before <= MAX_SEQ:
+            raise BadRequest("_before is a cursor from a next link")
+        patient_id = patient.removeprefix("Patient/")
+        events, cursor = records.access_log(vault=v, patient_id=patient_id, count=_count, before=_before)
+        b = base(request)
+        links = [{"relation": "self", "url": f"{b}/AuditEvent?patient={patient_id}&_count={_count}"}]
+        if cursor is not None:
+            links.append(
+                {"relation": "next", "url": f"{b}/AuditEvent?patient={patient_id}&_count={_count}&_before={cursor}"}
+            )
+        return FhirResponse(
+            {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "link": links,
+                "entry": [
+                    {"fullUrl": f"{b}/AuditEvent/{e['id']}", "resource": e, "search": {"mode": "match"}} for e in events
+                ],
             }
         )
 

@@ -67,6 +67,18 @@ def capability_statement(base: str) -> dict[str, Any]:
                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
                 }
             ]
+        if rtype == "AuditEvent":
+            # The access log lives in the Merkle log, not among the records: searched by patient
+            # only, by that patient (GET /fhir/AuditEvent?patient=), newest first.
+            entry = {
+                "type": "AuditEvent",
+                "documentation": "Who accessed a patient's record: shown to that patient only, newest first.",
+                "interaction": [{"code": "search-type"}],
+                "searchParam": [
+                    {"name": "patient", "type": "reference", "documentation": "Required: your own Patient."},
+                    {"name": "_count", "type": "number", "documentation": "1..200, default 50."},
+                ],
+            }
         resources.append(entry)
     return {
         "resourceType": "CapabilityStatement",

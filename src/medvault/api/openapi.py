@@ -109,7 +109,10 @@ _PAGE_FORMS: dict[str, dict[str, Any]] = {
         "until": _TEXT,
     },
     "/me/sharing/revoke": {"csrf": _TEXT, "consent": {"type": "string", "pattern": FHIR_ID_PATTERN}},
+    "/alerts/acknowledge": {"csrf": _TEXT, "alert": _TEXT},
 }
+# Page path parameters that name a FHIR resource.
+_PAGE_ID_PARAMS = frozenset({"patient_id"})
 
 
 def build(app: FastAPI) -> dict[str, Any]:
@@ -170,6 +173,9 @@ def _describe(path: str, method: str, operation: dict[str, Any]) -> None:
         if param.get("in") == "path" and is_fhir(path) and param.get("name") in _PATH_SCHEMAS:
             param["schema"] = copy.deepcopy(_PATH_SCHEMAS[param["name"]])
     if not is_fhir(path):
+        for param in operation.get("parameters", []):
+            if param.get("in") == "path" and param.get("name") in _PAGE_ID_PARAMS:
+                param["schema"] = {"type": "string", "pattern": FHIR_ID_PATTERN}
         if method == "post":
             fields = _PAGE_FORMS.get(path)
             body = {"type": "object", "properties": fields} if fields is not None else _FREE_FORM

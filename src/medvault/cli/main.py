@@ -497,7 +497,7 @@ def demo(
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the server afterwards.")] = True,
 ) -> None:
     """A ready-to-explore instance: init, import synthetic patients, serve on 127.0.0.1:8000."""
-    from medvault.demo_data import default_source, ensure_demo_patient_account
+    from medvault.demo_data import default_source, ensure_demo_clinician_account, ensure_demo_patient_account
     from medvault.store.setup import initialise
 
     settings = settings_for(data_dir, database_url, key_dir)
@@ -525,6 +525,22 @@ def demo(
         console.print(f"  password  {password}  (shown once; only its hash is stored)", highlight=False)
     else:
         console.print("  password  as printed when this data directory was first set up")
+    clinician = ensure_demo_clinician_account(settings)
+    console.print(
+        f"\nclinician sign-in at {url}/login (the demo patient shares their record; see {url}/patients):"
+        f"\n  login     {clinician.login}",
+        highlight=False,
+    )
+    if clinician.password and clinician.totp_secret:
+        console.print(f"  password  {clinician.password}  (shown once; only its hash is stored)", highlight=False)
+        console.print(
+            f"  authenticator key  {clinician.totp_secret}  (add it to an authenticator app; shown once)"
+            f"\n  or its otpauth URI {clinician.totp_uri}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        console.print("  password and authenticator key as printed when this data directory was first set up")
     if serve_after:
         _serve(settings, host, port)
 

@@ -129,6 +129,10 @@ SEARCH_PARAMS: dict[str, dict[str, Param]] = {
         "category": _p("category", "token", "category"),
         "status": _p("status", "token", "status"),
         "date": _p("date", "date", "dateTime"),
+        # R4 Consent-actor and Consent-period: a clinician's "my patients" finds the grants naming
+        # them through the keyed token index, not by opening every patient's Consents.
+        "actor": _p("actor", "reference", "provision.actor.reference"),
+        "period": _p("period", "date", "provision.period"),
     },
     "Goal": {
         "category": _p("category", "token", "category"),

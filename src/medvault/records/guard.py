@@ -243,6 +243,15 @@ def missing(vault: Vault, *, rtype: str, rid: str, action: Action, interaction: 
     return exc
 
 
+def forbid(
+    *, action: Action, interaction: str, patient_id: str | None, entities: tuple[str, ...], reason: str, message: str
+) -> Forbidden:
+    """A 403 refusal decided outside `decide` (the access log's own rule), logged like the others."""
+    exc = Forbidden(message)
+    exc.refusal = _Refusal(action, interaction, patient_id, entities, reason)
+    return exc
+
+
 def record_refusal(vault: Vault, exc: BaseException) -> bool:
     """Log a refusal carried by `exc` (after its unit of work or savepoint was rolled back)."""
     refusal = refusal_of(exc)

@@ -13,6 +13,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from medvault.access.consent import Grant, grant_from_consent
+from medvault.access.policy import may_read_access_log
+from medvault.audit import log as audit_log
 from medvault.fhir import parse as fhir_parse
 from medvault.fhir import search as fs
 from medvault.fhir.errors import InvalidResource, Issue
@@ -24,11 +27,13 @@ from medvault.records.vault import Vault, get_head, load_current, open_version, 
 from medvault.store.models import Resource, ResourceVersion
 
 __all__ = [
+    "GrantedPatient",
     "HistoryEntry",
     "Written",
     "create",
     "delete",
     "everything",
+    "granted_patients",
     "history",
     "read",
     "search",
@@ -304,6 +309,56 @@ def search(
     return result
 
 
+@dataclass(frozen=True)
+class GrantedPatient:
+    patient: dict[str, Any]  # the Patient as the caller may see it
+    grant: Grant
+
+
+def granted_patients(*, vault: Vault, now: datetime, limit: int = 500) -> list[GrantedPatient]:
+    """The patients with a grant in force naming the calling clinician's Practitioner, each with
+    that grant (the one ending last when there are several).
+
+    Both lookups are ordinary searches as the caller, so the one decision point judges every hit
+    and each patient's access log shows the look-up. The Consent search goes through the keyed
+    `actor` and `status` tokens (not a scan of every patient's Consents). Grants not in force
+    (expired, not yet started) are dropped before the decision: the clinician asked only for
+    current grants, so an old one must not log a refusal in that patient's access log. (No
+    `period` search here: a grant without an end has no period, and FHIR date search never
+    matches a missing element.)"""
+    actor = guard.caller_of(vault).actor
+    if actor is None or actor.role != "clinician" or actor.practitioner_id is None:
+        return []
+    grantee = f"Practitioner/{actor.practitioner_id}"
+
+    def current(consent: dict[str, Any]) -> bool:
+        grant = grant_from_consent(consent)
+        return grant is not None and grant.grantee == grantee and grant.in_force(now)
+
+    visibility = guard.Visibility(vault, action="search", interaction="search-type")
+    consents = record_search.search(
+        vault,
+        "Consent",
+        [("actor", grantee), ("status", "active"), ("_count", str(min(limit, record_search.MAX_COUNT)))],
+        visible=lambda doc: current(doc) and visibility(doc),
+    ).resources
+    visibility.audit()
+    best: dict[str, Grant] = {}
+    for consent in consents:
+        grant = grant_from_consent(consent)
+        if grant is None:
+            continue
+        held = best.get(grant.patient_id)
+        if held is None or (held.end is not None and (grant.end is None or grant.end > held.end)):
+            best[grant.patient_id] = grant
+    if not best:
+        return []
+    patients = search(
+        vault=vault, rtype="Patient", params=[("_id", ",".join(sorted(best))), ("_count", str(len(best)))]
+    ).resources
+    return [GrantedPatient(patient=p, grant=best[str(p["id"])]) for p in patients if str(p.get("id")) in best]
+
+
 def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
     """The patient's compartment plus the practitioners/organizations/locations it references."""
     _check_existing_id("Patient", patient_id)
@@ -354,6 +409,61 @@ def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
     visibility.shown.clear()
     visibility.audit()
     return out
+
+
+ACCESS_LOG_MAX = 200
+
+
+def access_log(
+    *, vault: Vault, patient_id: str, count: int = 50, before: int | None = None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """ "Who accessed my record" as FHIR AuditEvents, newest first, for the patient themself (or the
+    operator); anyone else is refused (403, logged). Returns the page and the cursor for the next
+    one (None at the end). The events are shown as the patient may see them: no account ids, no
+    client addresses, and another patient's identity reduced to "another patient's account"."""
+    _check_existing_id("Patient", patient_id)
+    if not 1 <= count <= ACCESS_LOG_MAX:
+        raise BadRequest(f"_count must be 1..{ACCESS_LOG_MAX}")
+    decision = may_read_access_log(actor=guard.caller_of(vault).actor, patient_id=patient_id)
+    if decision is not None and not decision.allowed:
+        raise guard.forbid(
+            action="search",
+            interaction="search-type",
+            patient_id=patient_id,
+            entities=("AuditEvent",),
+            reason=decision.reason,
+            message="an access log is shown to its patient only",
+        )
+    entries = audit_log.for_patient(
+        session=vault.session, crypto=vault.crypto, patient_id=patient_id, limit=count + 1, before=before
+    )
+    more = len(entries) > count
+    entries = entries[:count]
+    events = [_shown_event(e, patient_id) for e in entries]
+    return events, (entries[-1].seq if more and entries else None)
+
+
+def _shown_event(entry: audit_log.Logged, patient_id: str) -> dict[str, Any]:
+    event = dict(entry.event)
+    agents = []
+    for agent in event.get("agent") or []:
+        shown = {k: v for k, v in agent.items() if k not in ("altId", "network")}
+        ref = str((shown.get("who") or {}).get("reference", ""))
+        if ref.startswith("Patient/") and ref != f"Patient/{patient_id}":
+            shown["who"] = {"display": "another patient's account"}
+        if "identifier" in (shown.get("who") or {}) and agent.get("altId") != "app":
+            shown["who"] = {"display": "a medvault account"}  # an account id says nothing to a patient
+        agents.append(shown)
+    event["agent"] = agents
+    event["entity"] = [
+        e
+        for e in event.get("entity") or []
+        if not str((e.get("what") or {}).get("reference", "")).startswith("Patient/")
+        or e["what"]["reference"] == f"Patient/{patient_id}"
+    ]
+    event["id"] = str(entry.seq)
+    event["meta"] = {"lastUpdated": entry.recorded.isoformat().replace("+00:00", "Z")}
+    return event
 
 
 def _references(node: Any) -> list[str]:

@@ -10,7 +10,7 @@ The pages are a face: they call the auth and audit services and never touch tabl
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -23,7 +23,8 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy.orm import Session, sessionmaker
 
-from medvault.access.consent import consent_resource, grant_from_consent, revoked
+from medvault.access.consent import Grant, consent_resource, grant_from_consent, revoked
+from medvault.audit import alerts
 from medvault.audit import log as audit_log
 from medvault.auth import accounts, sessions
 from medvault.auth.errors import TotpRejected
@@ -31,6 +32,7 @@ from medvault.auth.passwords import Hasher
 from medvault.db import unit_of_work
 from medvault.fhir.types import is_fhir_id
 from medvault.records import guard, service
+from medvault.records.errors import NotFound
 from medvault.store.crypto_context import CryptoContext
 
 COOKIE = "__Host-medvault"
@@ -39,7 +41,10 @@ CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
-_PAGE_HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+# same-origin, not no-referrer: under no-referrer a browser sends `Origin: null` with our own form
+# POSTs, which the same-origin check must refuse. Other sites still get no Referer (our URLs hold
+# record ids) and a null Origin.
+_PAGE_HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
 _MAX_FORM = 16 * 1024
 _templates = Environment(
     loader=PackageLoader("medvault.web", "templates"), autoescape=select_autoescape(["html"]), auto_reload=False
@@ -102,13 +107,18 @@ def throttle_address(host: str) -> str:
     return str(ip)
 
 
-def _same_origin(request: Request) -> bool:
-    """A state-changing POST must come from our own pages (SameSite cookies are the first line)."""
+def _same_origin(request: Request, *, required: bool = False) -> bool:
+    """A state-changing POST must come from our own pages (SameSite cookies are the first line).
+
+    `required`: a missing Origin and Referer is refused too. Sign-in needs it: it has no session
+    and so no CSRF token behind it (login CSRF signs a victim into the attacker's account), and
+    every browser sends Origin on a form POST. Signed-in forms also carry the session's CSRF token,
+    which a client that sends neither header must present."""
     origin = request.headers.get("origin") or request.headers.get("referer")
-    if not origin:
-        return True  # non-browser clients send neither; the CSRF token still applies
-    host = request.headers.get("host", "")
-    return urlsplit(origin).netloc == host
+    if not origin or origin == "null":
+        return not required and not origin
+    # Host only, not scheme: behind a TLS-terminating proxy the app itself may see http.
+    return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -156,7 +166,7 @@ def build_router(deps: PageDeps) -> APIRouter:
 
     @router.post("/login")
     async def login(request: Request) -> Response:
-        if not _same_origin(request):
+        if not _same_origin(request, required=True):
             raise PageRefused(403, "cross-site form refused")
         form = await _form(request)
         login_name = form.get("login", "")[:254]
@@ -370,10 +380,98 @@ def build_router(deps: PageDeps) -> APIRouter:
         _live, _token, patient_id, caller = as_patient(request)
         with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
             docs = service.everything(vault=vault, patient_id=patient_id)
+        return record_page(_live, docs, heading="My record", empty="Your record is empty.")
+
+    def record_page(live: sessions.Live, docs: list[dict[str, Any]], *, heading: str, empty: str) -> HTMLResponse:
         items = sorted((i for i in map(_timeline_item, docs) if i is not None), key=lambda i: i.when, reverse=True)
         return page(
-            "record.html", live=_live, items=items[:TIMELINE_LIMIT], total=len(items), more=len(items) > TIMELINE_LIMIT
+            "record.html",
+            live=live,
+            heading=heading,
+            empty=empty,
+            items=items[:TIMELINE_LIMIT],
+            total=len(items),
+            more=len(items) > TIMELINE_LIMIT,
         )
+
+    def as_role(request: Request, role: str) -> tuple[sessions.Live, guard.Caller]:
+        """A full session of `role`; any other role gets the page-not-found (it learns nothing)."""
+        live, _token = live_session(request)
+        if live.actor.role != role:
+            raise PageRefused(404, "not found")
+        caller = guard.Caller(actor=live.actor, via="page", address=request.client.host if request.client else None)
+        return live, caller
+
+    @router.get("/patients")
+    def my_patients(request: Request) -> HTMLResponse:
+        live, caller = as_role(request, "clinician")
+        with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
+            found = service.granted_patients(vault=vault, now=now())
+        rows = sorted(
+            (
+                {
+                    "id": g.patient["id"],
+                    "name": _person_name(g.patient) or "(name not shared)",
+                    "born": g.patient.get("birthDate", ""),
+                    "what": _grant_scope(g.grant),
+                    "until": g.grant.end.date().isoformat() if g.grant.end else "no end date",
+                }
+                for g in found
+            ),
+            key=lambda r: (r["name"].casefold(), r["id"]),
+        )
+        return page("patients.html", live=live, rows=rows)
+
+    @router.get("/patients/{patient_id}")
+    def patient_record(request: Request, patient_id: str) -> HTMLResponse:
+        live, caller = as_role(request, "clinician")
+        # Denied, out of the grant, unknown or malformed: one and the same page, so a clinician
+        # without a grant cannot tell a refused record from a missing one. The guard logs it.
+        not_available = PageRefused(404, "This record is not available to you.")
+        if not is_fhir_id(patient_id):
+            raise not_available
+        try:
+            with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
+                docs = service.everything(vault=vault, patient_id=patient_id)
+        except (NotFound, guard.Forbidden):
+            raise not_available from None
+        name = next((_person_name(d) for d in docs if d.get("resourceType") == "Patient"), "") or "Patient"
+        return record_page(live, docs, heading=f"Record of {name}", empty="Nothing in this record is shared with you.")
+
+    @router.get("/alerts")
+    def alerts_page(request: Request) -> HTMLResponse:
+        live, _caller = as_role(request, "privacy-officer")
+        with unit_of_work(deps.factory) as session:
+            found = alerts.list_alerts(session=session, unacknowledged_only=False, limit=200)
+        rows = [
+            {
+                "id": a.id,
+                "kind": _ALERT_KINDS.get(a.kind, a.kind),
+                "when": a.raised.strftime("%Y-%m-%d %H:%M:%S"),
+                "account": a.account_id or "the operator",
+                "detail": a.detail,
+                "seen": a.acknowledged,
+            }
+            for a in found
+        ]
+        return page("alerts.html", live=live, rows=rows)
+
+    @router.post("/alerts/acknowledge")
+    async def acknowledge_alert(request: Request) -> Response:
+        form = await _form(request)
+
+        def mark() -> Response:
+            _live, token = live_session(request)
+            if _live.actor.role != "privacy-officer":
+                raise PageRefused(404, "not found")
+            checked_form(request, form, token)
+            alert_id = form.get("alert", "")[:64]
+            with unit_of_work(deps.factory) as session:
+                if not alerts.acknowledge(session=session, alert_id=alert_id):
+                    raise PageRefused(404, "not found")
+            return RedirectResponse("/alerts", status_code=303)
+
+        return await anyio.to_thread.run_sync(mark)
 
     @router.get("/")
     def home(request: Request) -> HTMLResponse:
@@ -388,7 +486,17 @@ def build_router(deps: PageDeps) -> APIRouter:
             raise PageRefused(404, "not found")
         with unit_of_work(deps.factory) as session:
             entries = audit_log.for_patient(session=session, crypto=deps.crypto, patient_id=patient_id, limit=200)
-        return page("access.html", live=live, rows=[_row(e, patient_id) for e in entries])
+        rows = [_row(e, patient_id) for e in entries]
+        # A clinician is named as the directory names them, not by an id the patient cannot read.
+        ids = sorted({r.who.split("/", 1)[1] for r in rows if r.who.startswith("Practitioner/")})
+        if ids:
+            caller = guard.Caller(actor=live.actor, via="page", address=request.client.host if request.client else None)
+            with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
+                found = service.search(
+                    vault=vault, rtype="Practitioner", params=[("_id", ",".join(ids)), ("_count", str(len(ids)))]
+                ).resources
+            rows = [replace(r, who=_practitioner_name(found, r.who)) for r in rows]
+        return page("access.html", live=live, rows=rows)
 
     return router
 
@@ -403,16 +511,34 @@ SENSITIVE_CHOICES: tuple[tuple[str, str], ...] = (
 )
 
 
+def _person_name(doc: dict[str, Any]) -> str:
+    """A readable name from a Patient or Practitioner ("" when it has none)."""
+    for name in doc.get("name") or []:
+        if not isinstance(name, dict):
+            continue
+        parts = [*name.get("prefix", []), *name.get("given", []), name.get("family", "")]
+        text = name.get("text") or " ".join(x for x in parts if isinstance(x, str) and x)
+        if text:
+            return str(text)
+    return ""
+
+
 def _practitioner_name(practitioners: list[dict[str, Any]], reference: str) -> str:
     for p in practitioners:
         if f"Practitioner/{p.get('id')}" == reference:
-            for name in p.get("name") or []:
-                parts = [*name.get("prefix", []), *name.get("given", []), name.get("family", "")]
-                text = name.get("text") or " ".join(x for x in parts if x)
-                if text:
-                    return str(text)
-            return reference
+            return _person_name(p) or reference
     return reference
+
+
+def _grant_scope(grant: Grant) -> str:
+    what = "whole record" if grant.resource_types is None else ", ".join(sorted(grant.resource_types))
+    labels = dict(SENSITIVE_CHOICES)
+    if grant.sensitive:
+        return what + " incl. " + ", ".join(labels.get(t, t) for t in sorted(grant.sensitive))
+    return what + " (not sensitive parts)"
+
+
+_ALERT_KINDS = {"honeytoken": "Decoy record touched", "rate": "Unusually many patients"}
 
 
 TIMELINE_LIMIT = 300

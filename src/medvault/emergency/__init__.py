@@ -1,0 +1,1 @@
+"""Emergency access: SMART Health Links, the IPS emergency summary, break-the-glass (issue 4)."""
