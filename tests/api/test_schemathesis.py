@@ -1,8 +1,9 @@
 """schemathesis over the in-process OpenAPI schema (issue 3 acceptance): a bounded property-based run
-over every operation against the ASGI app, checking `not_a_server_error` and `ignored_auth`, once as
-the operator (bearer) and once as an actor with no relationship to the seeded patients, whose every
-2xx must disclose none of their data. Counts are collected and asserted (0 and 0), not raised at
-the first failure, so one run reports everything it found.
+over every operation against the ASGI app, checking `not_a_server_error` and `ignored_auth`, as the
+operator (bearer) and as actors with no relationship to the seeded patients (a patient, a clinician
+without a grant), whose every 2xx must disclose none of their data and whose forms change none of
+it. Counts are collected and asserted (0 and 0), not raised at the first failure, so one run reports
+everything it found.
 
 The run is reproducible (`derandomize`, no example database) and bounded by EXAMPLES per operation
 and generation mode; the generation-speed health checks are suppressed because they measure the
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import hypothesis
 import pytest
@@ -36,7 +38,7 @@ from schemathesis.specs.openapi.checks import ignored_auth
 from medvault.access.consent import consent_resource
 from medvault.api import openapi
 from medvault.api.app import create_app
-from medvault.auth import accounts
+from medvault.auth import accounts, totp
 from medvault.auth.passwords import Hasher
 from medvault.db import unit_of_work
 from medvault.records import bundles as record_bundles
@@ -46,7 +48,7 @@ from tests.api.support import fresh_settings
 from tests.api.synthea import load, subset_files
 from tests.helpers import open_vault
 
-EXAMPLES = 8  # per operation and generation mode (the schema's own examples: 1 case each)
+EXAMPLES = 6  # per operation and generation mode (the schema's own examples: 1 case each)
 # Slow by design: every sign-in attempt costs an Argon2id hash (~0.2 s, more on a busy machine).
 COSTLY = {"POST /login": 2}
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
@@ -323,19 +325,56 @@ def _stranger(app: FastAPI) -> Credentials:
             patient_id=own,
             now=datetime.now(UTC),
         )
+    cookie, csrf = _signed_in(app, "stranger@example.org")
+    return Credentials("stranger (patient page session)", session=cookie, csrf=csrf)
+
+
+def _signed_in(app: FastAPI, login: str, code: str = "") -> tuple[str, str]:
+    """(session cookie, CSRF token) after a real sign-in through the page."""
     # No `with`: the lifespan is schemathesis's to run. https: the cookie is Secure and __Host-.
     client = TestClient(app, base_url="https://testserver")
-    body = f"login=stranger%40example.org&password={PASSWORD.replace(' ', '+')}"
+    body = urlencode({"login": login, "password": PASSWORD, "code": code})
     signed_in = client.post(
         "/login", content=body, headers={**FORM, "Origin": "https://testserver"}, follow_redirects=False
     )
     assert signed_in.status_code == 303, signed_in.text
     cookie = signed_in.cookies.get(COOKIE)
     assert cookie
-    page = client.get("/me/sharing", headers={"Cookie": f"{COOKIE}={cookie}"})
-    assert page.status_code == 200, page.text
-    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-    return Credentials("stranger (patient page session)", session=cookie, csrf=csrf)
+    home = client.get("/", headers={"Cookie": f"{COOKIE}={cookie}"})
+    assert home.status_code == 200, home.text
+    return cookie, home.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
+def _clinician_without_grant(app: FastAPI) -> Credentials:
+    """A clinician (second factor enrolled, as the role requires) whom no seeded patient has granted."""
+    state = app.state.medvault
+    with open_vault(state) as v:
+        own = service.create(vault=v, resource={"resourceType": "Practitioner", "name": [{"family": "Nobody"}]}).rid
+    now = datetime.now(UTC)
+    with unit_of_work(state.factory) as session:
+        account_id = accounts.create_account(
+            session=session,
+            crypto=state.crypto,
+            hasher=Hasher(),
+            login="clinician@example.org",
+            password=PASSWORD,
+            role="clinician",
+            practitioner_id=own,
+            now=now,
+        )
+        secret, _uri = accounts.begin_totp(session=session, crypto=state.crypto, account_id=account_id)
+    with unit_of_work(state.factory) as session:
+        # The previous step's code confirms, so signing in with the current step's is no replay.
+        accounts.confirm_totp(
+            session=session,
+            crypto=state.crypto,
+            account_id=account_id,
+            code=totp.totp_code(secret=secret, step=totp.time_step(now) - 1),
+            now=now,
+        )
+    code = totp.totp_code(secret=secret, step=totp.time_step(datetime.now(UTC)))
+    cookie, csrf = _signed_in(app, "clinician@example.org", code)
+    return Credentials("clinician without a grant (page session)", session=cookie, csrf=csrf)
 
 
 @pytest.fixture
@@ -397,6 +436,21 @@ def test_stranger_run_discloses_nothing_of_the_seeded_patients(target: Target, s
     revokes = tally.by_operation["POST /me/sharing/revoke"]
     assert revokes[404] > 0, revokes
     assert not any(300 <= status < 400 for status in revokes), revokes
+
+
+def test_clinician_without_a_grant_run_discloses_nothing(target: Target) -> None:
+    clinician = _clinician_without_grant(target.app)
+    schema = load_schema(target.app, focus_on(target.seeded, clinician))
+    tally = run(schema, clinician, markers=target.seeded.markers())
+    print(f"schemathesis as a clinician without a grant: {tally.summary()}")
+    assert tally.server_errors == []
+    assert tally.unauthorized == []
+    assert tally.successes["GET /patients"] > 0, tally.summary()  # signed in: the pages answered
+    # Every seeded patient's page was asked for and refused like a missing one.
+    records = tally.by_operation["GET /patients/{patient_id}"]
+    assert records[404] > 0, records
+    assert not any(200 <= status < 400 for status in records), records
+    assert _consent_untouched(target.app, target.seeded)
 
 
 # --- the harness itself: it must catch what it claims to catch ----------------------------------------
