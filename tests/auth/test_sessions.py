@@ -88,6 +88,9 @@ def test_csrf_and_storage(signed_in: tuple[Any, str]) -> None:
     assert not sessions.check_csrf(
         crypto=env.crypto, token=token, submitted=live.csrf[:-1] + ("1" if live.csrf[-1] == "0" else "0")
     )
+    # Not ASCII (a form's "%FF" arrives as U+FFFD, a lone surrogate from JSON): refused, never a TypeError.
+    for odd in ("\ufffd", live.csrf[:-1] + "\u00e9", "\ud800", "\x00"):
+        assert not sessions.check_csrf(crypto=env.crypto, token=token, submitted=odd)
     assert _resume(env, "not-a-session", T0) is None
     with env.factory() as session:
         stored = session.execute(select(WebSession.token_hash)).scalar_one()

@@ -457,3 +457,13 @@ def test_alerts_page_for_the_privacy_officer_only(site: Any) -> None:
     assert _login(client).status_code == 303  # a patient may not see alerts
     assert client.get("/alerts").status_code == 404
     assert client.get("/patients").status_code == 404
+
+
+def test_a_non_ascii_csrf_field_is_refused_not_a_server_error(site: Any) -> None:
+    # Found by the schemathesis run: "%FF" decodes to U+FFFD and hmac.compare_digest raised TypeError.
+    client, *_ = site
+    assert _login(client).status_code == 303
+    for path in ("/logout", "/me/sharing", "/me/sharing/revoke", "/me/authenticator"):
+        response = client.post(path, content="csrf=%FF&code=%E9", headers=FORM, follow_redirects=False)
+        assert response.status_code == 403, (path, response.status_code)
+        assert "expired" in response.text

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from medvault import logs
+from medvault.api import openapi
 from medvault.api import smart as smart_api
 from medvault.api.capability import capability_statement
 from medvault.config import Settings
@@ -130,6 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
     smart_api.install(app, smart_api.SmartDeps(factory=factory, crypto=crypto, signer=state.signer))
     _install_routes(app, state)
     pages.install(app, pages.PageDeps(factory=factory, crypto=crypto))
+    app.openapi = functools.partial(openapi.build, app)  # type: ignore[method-assign]  # in-process only, see openapi.py
     return app
 
 

@@ -77,7 +77,10 @@ def resume(*, session: Session, crypto: CryptoContext, token: str | None, now: d
 
 
 def check_csrf(*, crypto: CryptoContext, token: str, submitted: str | None) -> bool:
-    return bool(submitted) and hmac.compare_digest(csrf_token(crypto, token), submitted or "")
+    # Bytes: compare_digest raises TypeError on a str with any non-ASCII character, and a form
+    # field is whatever the client sent ("csrf=%FF" decodes to U+FFFD): a 500, found by schemathesis.
+    expected = csrf_token(crypto, token).encode()
+    return bool(submitted) and hmac.compare_digest(expected, (submitted or "").encode("utf-8", "backslashreplace"))
 
 
 def end(*, session: Session, token: str | None) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from authlib.oauth2 import AuthorizationServer, OAuth2Request
 from authlib.oauth2.rfc6749 import ClientMixin, grants
-from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -409,6 +409,24 @@ class SmartServer(AuthorizationServer):  # type: ignore[misc]
             patient_id=user.patient,
             ok=True,
         )
+
+    def create_token_response(self, request: Any = None) -> OAuthResponse:
+        # Authlib builds its request object (which refuses plain http to a non-loopback host)
+        # before its own error handling: that refusal must be an OAuth error answer, not a 500.
+        try:
+            request = self.create_oauth2_request(request)
+        except OAuth2Error as error:
+            return self.handle_response(*error())
+        result: OAuthResponse = super().create_token_response(request)
+        return result
+
+    def create_endpoint_response(self, name: str, request: Any = None) -> OAuthResponse:
+        try:
+            request = self.create_oauth2_request(request)
+        except OAuth2Error as error:
+            return self.handle_response(*error())
+        result: OAuthResponse = super().create_endpoint_response(name, request)
+        return result
 
     def create_oauth2_request(self, request: Any) -> _Request:
         if isinstance(request, _Request):
