@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from medvault import logs
-from medvault.api import openapi
+from medvault.api import openapi, shl_routes
 from medvault.api import smart as smart_api
 from medvault.api.capability import capability_statement
 from medvault.config import Settings
@@ -130,6 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Before the FHIR routes: /fhir/{rtype}/{rid} would otherwise match /fhir/.well-known/...
     smart_api.install(app, smart_api.SmartDeps(factory=factory, crypto=crypto, signer=state.signer))
     _install_routes(app, state)
+    shl_routes.install(app, shl_routes.ShlDeps(factory=factory, crypto=crypto))
     pages.install(app, pages.PageDeps(factory=factory, crypto=crypto))
     app.openapi = functools.partial(openapi.build, app)  # type: ignore[method-assign]  # in-process only, see openapi.py
     return app

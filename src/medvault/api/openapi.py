@@ -45,9 +45,24 @@ PUBLIC: frozenset[tuple[str, str]] = frozenset(
         ("/oauth/token", "post"),
         ("/oauth/revoke", "post"),
         ("/oauth/jwks", "get"),
+        # SMART Health Links: the link (a 256-bit id or a short-lived location token) is the credential.
+        ("/shl/view", "get"),
+        ("/shl/m/{link_id}", "post"),
+        ("/shl/m/{link_id}", "get"),
+        ("/shl/f/{token}", "get"),
     }
 )
 FHIR_ID_PATTERN = r"^[A-Za-z0-9\-.]{1,64}$"
+# The SMART Health Links manifest request (HL7 SHL v1.0.0).
+_SHL_MANIFEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["recipient"],
+    "properties": {
+        "recipient": {"type": "string", "minLength": 1, "maxLength": 256},
+        "passcode": {"type": "string", "maxLength": 256},
+        "embeddedLengthMax": {"type": "integer", "minimum": 0},
+    },
+}
 FHIR_JSON = "application/fhir+json"
 FORM = "application/x-www-form-urlencoded"
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
@@ -185,6 +200,9 @@ def _describe(path: str, method: str, operation: dict[str, Any]) -> None:
         for param in operation.get("parameters", []):
             if param.get("in") == "path" and param.get("name") in _PAGE_ID_PARAMS:
                 param["schema"] = {"type": "string", "pattern": FHIR_ID_PATTERN}
+        if method == "post" and path == "/shl/m/{link_id}":
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _SHL_MANIFEST}}}
+            return
         if method == "post":
             fields = _PAGE_FORMS.get(path)
             body = {"type": "object", "properties": fields} if fields is not None else _FREE_FORM

@@ -345,3 +345,51 @@ class OAuthToken(Base):
 
     def __repr__(self) -> str:
         return f"OAuthToken({self.id})"
+
+
+class ShlLink(Base):
+    """A SMART Health Link (emergency card or sharing link). The manifest id in the URL is derived
+    from `id` with a keyed MAC (emergency/links.py) and stored only as its SHA-256, so a stolen
+    database neither holds a working link nor can make one. `owner` is the patient's pseudonym;
+    `sealed` (label, options, patient id) and `wrapped_key` (the file key) are under the patient's
+    clinical data key; `file_jwe` is the compact JWE exactly as served (already encrypted under the
+    file key). Revocation clears `wrapped_key` and `file_jwe`."""
+
+    __tablename__ = "shl_link"
+    __table_args__ = (UniqueConstraint("id"), UniqueConstraint("manifest_hash"), Index(None, "owner"))
+    id: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
+    manifest_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    owner: Mapped[bytes] = mapped_column(LargeBinary(16))
+    purpose: Mapped[str] = mapped_column(String(16))  # emergency | sharing
+    flags: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))  # active | paused | revoked
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    expires: Mapped[datetime | None] = mapped_column(UtcMicros, nullable=True)
+    passcode_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    budget: Mapped[int] = mapped_column(Integer)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    content_type: Mapped[str] = mapped_column(String(64))
+    file_jwe: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    file_updated: Mapped[datetime] = mapped_column(UtcMicros)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"ShlLink({self.id}, {self.purpose}, {self.status})"
+
+
+class ShlLocation(Base):
+    """A short-lived (at most one hour), single-use file location handed out in a manifest, stored
+    as the SHA-256 of its token. `sealed` holds the recipient the manifest was opened for."""
+
+    __tablename__ = "shl_location"
+    __table_args__ = (UniqueConstraint("token_hash"), Index(None, "link_id"), Index(None, "expires"))
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    link_id: Mapped[int] = mapped_column(ForeignKey("shl_link.id", ondelete="CASCADE"))
+    expires: Mapped[datetime] = mapped_column(UtcMicros)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    __mapper_args__ = {"primary_key": [token_hash]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return "ShlLocation(…)"

@@ -1,0 +1,785 @@
+"""SMART Health Links, server side: the patient's links and what a responder's request opens.
+
+The patient (or the operator, for `medvault emergency card`) creates, pauses, resumes, revokes and
+re-issues links; each management action runs in a `records.guard` unit of work as that caller and
+is audited there. A responder's request carries no account: `open_manifest`, `open_file` and
+`open_direct` find the link by the SHA-256 of the presented id or token, check it on the database's
+current state (so a revocation applies to the very next request), and write one AuditEvent to the
+patient's access log in the same transaction, naming the stated recipient and the outcome, never
+the manifest id, key or passcode.
+
+Storage (see docs/design-emergency.md): the manifest id is `base64url(HMAC(index key, link id))`,
+stored only as its SHA-256, re-derivable by a server holding the key files (the patient's page can
+show the QR again) but by no one holding only the database. The file key is sealed under the
+patient's clinical data key; the summary is stored as the compact JWE that is served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import orjson
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from medvault.audit import log as audit_log
+from medvault.auth.passwords import Hasher
+from medvault.emergency import jwe, shl
+from medvault.emergency.errors import ShlError, ShlPasscodeError, ShlUnavailable
+from medvault.emergency.summary import SummaryOptions, build_summary
+from medvault.errors import MedvaultError
+from medvault.records import guard
+from medvault.records import service as records
+from medvault.records.guard import Caller
+from medvault.records.vault import Vault
+from medvault.store.crypto_context import CryptoContext
+from medvault.store.models import ShlLink, ShlLocation
+
+LinkPurpose = Literal["emergency", "sharing"]
+Share = Literal["summary", "record"]
+Status = Literal["active", "paused", "revoked"]
+
+DEFAULT_BUDGET = 10
+MAX_BUDGET = 100
+LOCATION_TTL = timedelta(minutes=15)  # the spec allows at most one hour
+MAX_RECIPIENT_CHARS = 256
+MAX_PASSCODE_CHARS = 256
+MIN_PASSCODE_CHARS = 6
+FHIR_JSON = "application/fhir+json"
+_KEY_AAD = b"medvault:shl-key:v1|"
+_SEALED_AAD = b"medvault:shl:v1|"
+_LOCATION_AAD = b"medvault:shl-location:v1|"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class LinkError(MedvaultError):
+    """A management request that cannot be done (unknown link for this patient, bad passcode rule)."""
+
+    code = "invalid"
+
+
+class LinkNotFound(LinkError):
+    code = "not-found"
+
+
+class BadShlRequest(ShlError):
+    """A responder's request is malformed (no recipient, a passcode that is not text): HTTP 400."""
+
+    code = "invalid"
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """What the patient's page shows about one link."""
+
+    link_id: int
+    purpose: LinkPurpose
+    status: Status
+    flags: str
+    label: str
+    created: datetime
+    expires: datetime | None
+    failures: int
+    budget: int
+    has_passcode: bool
+    share: Share
+    options: SummaryOptions
+    print_alerts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class IssuedLink:
+    link_id: int
+    payload: shl.ShlPayload = field(repr=False)  # holds the key
+
+    def shlink(self) -> str:
+        return shl.to_shlink(self.payload)
+
+    def viewer_link(self, *, base_url: str) -> str:
+        return shl.to_viewer_link(self.payload, viewer_url=f"{base_url}/shl/view")
+
+
+@dataclass(frozen=True)
+class ServedFile:
+    content_type: str
+    jwe: bytes = field(repr=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _utc(value: datetime | None) -> datetime:
+    now = value or datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now
+
+
+def manifest_id(crypto: CryptoContext, link_id: int) -> str:
+    mac = hmac.new(crypto.keyring.index_key("shl-manifest"), link_id.to_bytes(8, "big"), hashlib.sha256).digest()
+    return shl.encode_key(mac)  # 43 base64url characters, like a key
+
+
+def _hash(text: str) -> bytes:
+    return hashlib.sha256(text.encode("ascii")).digest()
+
+
+def _patient_key(session: Session, crypto: CryptoContext, owner: bytes) -> AESGCM:
+    return crypto.data_key(session, purpose="clinical", owner=owner)[1]
+
+
+def _seal(session: Session, crypto: CryptoContext, row: ShlLink, doc: dict[str, Any]) -> bytes:
+    key = _patient_key(session, crypto, row.owner)
+    return crypto.sealer.seal(key, orjson.dumps(doc), _SEALED_AAD + str(row.id).encode())
+
+
+def _open_sealed(session: Session, crypto: CryptoContext, row: ShlLink) -> dict[str, Any]:
+    key = _patient_key(session, crypto, row.owner)
+    doc: dict[str, Any] = orjson.loads(crypto.sealer.open(key, row.sealed, _SEALED_AAD + str(row.id).encode()))
+    return doc
+
+
+def _file_key(session: Session, crypto: CryptoContext, row: ShlLink) -> bytes:
+    if row.wrapped_key is None:
+        raise LinkError("this link was revoked")
+    key = _patient_key(session, crypto, row.owner)
+    return crypto.sealer.open(key, row.wrapped_key, _KEY_AAD + str(row.id).encode())
+
+
+def _options_doc(options: SummaryOptions) -> dict[str, Any]:
+    return {
+        "hidden": sorted(options.hidden),
+        "include_sensitive": sorted(options.include_sensitive),
+        "extra_alerts": list(options.extra_alerts),
+    }
+
+
+def _options_of(doc: dict[str, Any]) -> SummaryOptions:
+    o = doc.get("options") or {}
+    return SummaryOptions(
+        hidden=frozenset(o.get("hidden", ())),
+        include_sensitive=frozenset(o.get("include_sensitive", ())),
+        extra_alerts=tuple(o.get("extra_alerts", ())),
+    )
+
+
+def _check_owner(caller: Caller, patient_id: str) -> None:
+    """Links are the patient's own business (and the operator's, for the CLI card)."""
+    actor = caller.actor
+    if actor is None or (actor.role == "patient" and actor.patient_id == patient_id):
+        return
+    raise guard.forbid(
+        action="write",
+        interaction="shl-manage",
+        patient_id=patient_id,
+        entities=(),
+        reason="not-own-record",
+        message="only the patient manages their links",
+    )
+
+
+def _audit_manage(vault: Vault, *, patient_id: str, what: str) -> None:
+    guard.record(
+        vault, action="write", interaction=what, patient_id=patient_id, entities=(), allowed=True, reason="own-record"
+    )
+
+
+def _content(vault: Vault, *, patient_id: str, share: Share, options: SummaryOptions, now: datetime) -> bytes:
+    """The shared document, read through the guard as the caller (audited as their read)."""
+    resources = records.everything(vault=vault, patient_id=patient_id)
+    patient = resources[0]
+    if share == "record":
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "timestamp": now.isoformat().replace("+00:00", "Z"),
+            "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in resources],
+        }
+    else:
+        bundle = build_summary(patient=patient, resources=resources[1:], now=now, options=options)
+    return orjson.dumps(bundle)
+
+
+def _check_label(label: str | None) -> str:
+    text = (label or "").strip()
+    if len(text.encode("utf-16-le")) // 2 > shl.MAX_LABEL_CHARS or _CONTROL.search(text):
+        raise LinkError(f"the label must be at most {shl.MAX_LABEL_CHARS} characters of plain text")
+    return text
+
+
+def _payload(crypto: CryptoContext, row: ShlLink, *, key: bytes, label: str, base_url: str) -> shl.ShlPayload:
+    exp = int(row.expires.timestamp()) if row.expires is not None else None
+    return shl.build_payload(
+        url=f"{base_url}/shl/m/{manifest_id(crypto, row.id)}",
+        key=key,
+        exp=exp,
+        flags=row.flags,
+        label=label or None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the patient's side
+
+
+def create_link(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    caller: Caller,
+    patient_id: str,
+    purpose: LinkPurpose,
+    base_url: str,
+    label: str | None = None,
+    options: SummaryOptions | None = None,
+    print_alerts: tuple[str, ...] = (),
+    share: Share = "summary",
+    passcode: str | None = None,
+    hasher: Hasher | None = None,
+    budget: int = DEFAULT_BUDGET,
+    expires: datetime | None = None,
+    direct: bool = False,
+    now: datetime | None = None,
+    _passcode_hash: str | None = None,
+) -> IssuedLink:
+    """A new link. Emergency links carry no passcode and only the summary; `direct` sets the `U`
+    flag (one file, fetched with a GET), never together with a passcode."""
+    now = _utc(now)
+    opts = options or SummaryOptions()
+    label = _check_label(label)
+    if purpose == "emergency" and (passcode is not None or _passcode_hash is not None or share != "summary"):
+        raise LinkError("an emergency link carries no passcode and only the emergency summary")
+    if (passcode is not None or _passcode_hash is not None) and direct:
+        raise LinkError("a link with a passcode cannot be a direct (U) link")
+    if not 1 <= budget <= MAX_BUDGET:
+        raise LinkError(f"the attempt budget must be 1..{MAX_BUDGET}")
+    if expires is not None and _utc(expires) <= now:
+        raise LinkError("the expiry must be in the future")
+    passcode_hash = _passcode_hash  # re-issue keeps the hash (the passcode itself is never kept)
+    if passcode is not None:
+        if not MIN_PASSCODE_CHARS <= len(passcode) <= MAX_PASSCODE_CHARS:
+            raise LinkError(f"a passcode needs at least {MIN_PASSCODE_CHARS} characters")
+        passcode_hash = (hasher or Hasher()).hash(passcode)
+    flags = "".join(sorted(("P" if passcode_hash is not None else "") + ("U" if direct else "")))
+    _check_owner(caller, patient_id)
+    with guard.unit_of_work(factory, crypto, caller) as vault:
+        content = _content(vault, patient_id=patient_id, share=share, options=opts, now=now)
+        key = shl.new_key()
+        row = ShlLink(
+            id=secrets.randbits(62) or 1,
+            owner=crypto.indexer.pseudonym(patient_id),
+            purpose=purpose,
+            flags=flags,
+            status="active",
+            created=now,
+            expires=expires,
+            passcode_hash=passcode_hash,
+            failures=0,
+            budget=budget,
+            content_type=FHIR_JSON,
+            file_updated=now,
+        )
+        row.manifest_hash = _hash(manifest_id(crypto, row.id))
+        row.sealed = _seal(
+            vault.session,
+            crypto,
+            row,
+            {
+                "patient": patient_id,
+                "label": label,
+                "share": share,
+                "options": _options_doc(opts),
+                "print_alerts": list(print_alerts),
+            },
+        )
+        row.wrapped_key = crypto.sealer.seal(
+            _patient_key(vault.session, crypto, row.owner), key, _KEY_AAD + str(row.id).encode()
+        )
+        row.file_jwe = jwe.encrypt_file(plaintext=content, key=key, content_type=FHIR_JSON, compress=True).encode()
+        vault.session.add(row)
+        _audit_manage(vault, patient_id=patient_id, what="shl-create")
+        return IssuedLink(row.id, _payload(crypto, row, key=key, label=label, base_url=base_url))
+
+
+def _own_row(vault: Vault, crypto: CryptoContext, patient_id: str, link_id: int, *, lock: bool = False) -> ShlLink:
+    query = select(ShlLink).where(ShlLink.id == link_id, ShlLink.owner == crypto.indexer.pseudonym(patient_id))
+    if lock:
+        query = query.with_for_update()
+    row = vault.session.execute(query).scalar_one_or_none()
+    if row is None:
+        raise LinkNotFound("no such link")
+    return row
+
+
+def list_links(
+    *, factory: sessionmaker[Session], crypto: CryptoContext, caller: Caller, patient_id: str
+) -> list[LinkInfo]:
+    """The patient's links, newest first (revoked ones included: the log refers to them)."""
+    _check_owner(caller, patient_id)
+    out: list[LinkInfo] = []
+    with guard.unit_of_work(factory, crypto, caller) as vault:
+        rows = vault.session.execute(
+            select(ShlLink)
+            .where(ShlLink.owner == crypto.indexer.pseudonym(patient_id))
+            .order_by(ShlLink.created.desc())
+        ).scalars()
+        for row in rows:
+            doc = _open_sealed(vault.session, crypto, row)
+            out.append(
+                LinkInfo(
+                    link_id=row.id,
+                    purpose=row.purpose,  # type: ignore[arg-type]
+                    status=row.status,  # type: ignore[arg-type]
+                    flags=row.flags,
+                    label=str(doc.get("label", "")),
+                    created=row.created,
+                    expires=row.expires,
+                    failures=row.failures,
+                    budget=row.budget,
+                    has_passcode=row.passcode_hash is not None,
+                    share=doc.get("share", "summary"),
+                    options=_options_of(doc),
+                    print_alerts=tuple(doc.get("print_alerts", ())),
+                )
+            )
+    return out
+
+
+def issued(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    caller: Caller,
+    patient_id: str,
+    link_id: int,
+    base_url: str,
+) -> IssuedLink:
+    """An active or paused link's payload again (to show or print its QR)."""
+    _check_owner(caller, patient_id)
+    with guard.unit_of_work(factory, crypto, caller) as vault:
+        row = _own_row(vault, crypto, patient_id, link_id)
+        key = _file_key(vault.session, crypto, row)
+        label = str(_open_sealed(vault.session, crypto, row).get("label", ""))
+        return IssuedLink(row.id, _payload(crypto, row, key=key, label=label, base_url=base_url))
+
+
+def summary_jwe(
+    *, factory: sessionmaker[Session], crypto: CryptoContext, caller: Caller, patient_id: str, link_id: int
+) -> str:
+    """The link's file as served (the flash-drive page embeds it)."""
+    _check_owner(caller, patient_id)
+    with guard.unit_of_work(factory, crypto, caller) as vault:
+        row = _own_row(vault, crypto, patient_id, link_id)
+        if row.file_jwe is None:
+            raise LinkError("this link was revoked")
+        return row.file_jwe.decode()
+
+
+def set_status(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    caller: Caller,
+    patient_id: str,
+    link_id: int,
+    status: Status,
+) -> None:
+    """Pause, resume (status active) or revoke. Revocation is final: it deletes the wrapped key,
+    the file and every outstanding location, so nothing of the link can be served again."""
+    _check_owner(caller, patient_id)
+    with guard.unit_of_work(factory, crypto, caller) as vault:
+        row = _own_row(vault, crypto, patient_id, link_id, lock=True)
+        if row.status == "revoked":
+            if status == "revoked":
+                return
+            raise LinkError("a revoked link cannot be resumed; re-issue it instead")
+        values: dict[str, Any] = {"status": status}
+        if status == "revoked":
+            values.update(wrapped_key=None, file_jwe=None)
+        if status != "active":
+            vault.session.execute(delete(ShlLocation).where(ShlLocation.link_id == row.id))
+        vault.session.execute(update(ShlLink).where(ShlLink.id == row.id).values(**values))
+        _audit_manage(vault, patient_id=patient_id, what=f"shl-{status}")
+
+
+def reissue(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    caller: Caller,
+    patient_id: str,
+    link_id: int,
+    base_url: str,
+    now: datetime | None = None,
+) -> IssuedLink:
+    """Revoke the link and make a new one with the same choices (new id, new key: the old QR dies).
+    A passcode carries over (as its hash); the attempt counter starts again."""
+    now = _utc(now)
+    _check_owner(caller, patient_id)
+    with guard.unit_of_work(factory, crypto, caller) as vault:
+        old = _own_row(vault, crypto, patient_id, link_id)
+        doc = _open_sealed(vault.session, crypto, old)
+        purpose, flags, budget, expires, passcode_hash = (
+            old.purpose,
+            old.flags,
+            old.budget,
+            old.expires,
+            old.passcode_hash,
+        )
+    if expires is not None and expires <= now:
+        expires = None  # an expired link re-issued is a fresh one
+    new = create_link(
+        factory=factory,
+        crypto=crypto,
+        caller=caller,
+        patient_id=patient_id,
+        purpose=purpose,  # type: ignore[arg-type]
+        base_url=base_url,
+        label=doc.get("label"),
+        options=_options_of(doc),
+        print_alerts=tuple(doc.get("print_alerts", ())),
+        share=doc.get("share", "summary"),
+        budget=budget,
+        expires=expires,
+        direct="U" in flags,
+        now=now,
+        _passcode_hash=passcode_hash,
+    )
+    set_status(factory=factory, crypto=crypto, caller=caller, patient_id=patient_id, link_id=link_id, status="revoked")
+    return new
+
+
+def preview(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    caller: Caller,
+    patient_id: str,
+    options: SummaryOptions | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The emergency summary as it would be shared with these choices (for the patient to check)."""
+    now = _utc(now)
+    _check_owner(caller, patient_id)
+    with guard.unit_of_work(factory, crypto, caller) as vault:
+        doc: dict[str, Any] = orjson.loads(
+            _content(vault, patient_id=patient_id, share="summary", options=options or SummaryOptions(), now=now)
+        )
+        return doc
+
+
+def update_choices(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    caller: Caller,
+    patient_id: str,
+    link_id: int,
+    options: SummaryOptions,
+    label: str | None = None,
+    print_alerts: tuple[str, ...] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """New choices for a live link: the file is rebuilt and encrypted again under the same key
+    (fresh IV), so the printed card keeps working and shows the new summary from the next request."""
+    now = _utc(now)
+    _check_owner(caller, patient_id)
+    with guard.unit_of_work(factory, crypto, caller) as vault:
+        row = _own_row(vault, crypto, patient_id, link_id, lock=True)
+        key = _file_key(vault.session, crypto, row)
+        doc = _open_sealed(vault.session, crypto, row)
+        doc["options"] = _options_doc(options)
+        if label is not None:
+            doc["label"] = _check_label(label)
+        if print_alerts is not None:
+            doc["print_alerts"] = list(print_alerts)
+        content = _content(vault, patient_id=patient_id, share=doc.get("share", "summary"), options=options, now=now)
+        row.sealed = _seal(vault.session, crypto, row, doc)
+        row.file_jwe = jwe.encrypt_file(plaintext=content, key=key, content_type=FHIR_JSON, compress=True).encode()
+        row.file_updated = now
+        _audit_manage(vault, patient_id=patient_id, what="shl-update")
+
+
+# ---------------------------------------------------------------------------------------------
+# the responder's side (no account: the link is the credential)
+
+
+def _check_recipient(recipient: object) -> str:
+    if not isinstance(recipient, str) or not recipient.strip():
+        raise BadShlRequest("recipient is required")
+    if len(recipient) > MAX_RECIPIENT_CHARS or _CONTROL.search(recipient):
+        raise BadShlRequest(f"recipient must be at most {MAX_RECIPIENT_CHARS} characters of plain text")
+    return recipient.strip()
+
+
+def _log_opening(
+    session: Session,
+    crypto: CryptoContext,
+    *,
+    patient_id: str,
+    purpose: str,
+    recipient: str,
+    interaction: str,
+    outcome: str,
+    allowed: bool,
+    now: datetime,
+    address: str | None,
+) -> None:
+    """One AuditEvent in the patient's access log: when, who said they were reading, what happened."""
+    agent: dict[str, Any] = {
+        "type": {"text": "SMART Health Link recipient"},
+        "who": {"display": recipient},
+        "requestor": True,
+    }
+    if address:
+        agent["network"] = {"address": address, "type": "2"}
+    event = {
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "subtype": [{"system": "urn:medvault:shl", "code": interaction}],
+        "action": "R",
+        "recorded": now.isoformat().replace("+00:00", "Z"),
+        "outcome": "0" if allowed else "4",
+        "outcomeDesc": outcome,
+        "purposeOfEvent": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                        "code": "ETREAT" if purpose == "emergency" else "TREAT",
+                    }
+                ]
+            }
+        ],
+        "agent": [agent],
+        "source": {"observer": {"display": "medvault"}, "type": [{"code": "4"}]},
+        "entity": [
+            {"what": {"display": f"{purpose} link"}},
+            {"what": {"reference": f"Patient/{patient_id}"}, "type": {"code": "1"}},
+        ],
+    }
+    audit_log.append(session=session, crypto=crypto, event=event, patient_id=patient_id, now=now)
+
+
+def _live(row: ShlLink | None, now: datetime) -> ShlLink:
+    """The one answer for unknown, paused, revoked, expired and spent links."""
+    if (
+        row is None
+        or row.status != "active"
+        or row.file_jwe is None
+        or (row.expires is not None and row.expires <= now)
+        or (row.passcode_hash is not None and row.failures >= row.budget)
+    ):
+        raise ShlUnavailable("this link is not available")
+    return row
+
+
+def _find(session: Session, presented: str) -> ShlLink | None:
+    if not _TOKEN.fullmatch(presented):
+        return None
+    return session.execute(select(ShlLink).where(ShlLink.manifest_hash == _hash(presented))).scalar_one_or_none()
+
+
+def open_manifest(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    hasher: Hasher,
+    link_id: str,
+    recipient: object,
+    passcode: object = None,
+    embedded_length_max: object = None,
+    base_url: str,
+    address: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The manifest for a responder. Raises ShlUnavailable (404) for any link that cannot be opened,
+    ShlPasscodeError (401, with the remaining attempts) for a wrong or missing passcode, and
+    BadShlRequest (400) for a malformed request."""
+    now = _utc(now)
+    who = _check_recipient(recipient)
+    if passcode is not None and (not isinstance(passcode, str) or len(passcode) > MAX_PASSCODE_CHARS):
+        raise BadShlRequest("passcode must be text")
+    if embedded_length_max is not None and (
+        not isinstance(embedded_length_max, int) or isinstance(embedded_length_max, bool) or embedded_length_max < 0
+    ):
+        raise BadShlRequest("embeddedLengthMax must be a non-negative integer")
+    session = factory()
+    try:
+        row = _live(_find(session, link_id), now)
+        if "U" in row.flags:
+            raise ShlUnavailable("this link is not available")  # a U link has no manifest
+        patient_id = str(_open_sealed(session, crypto, row)["patient"])
+        if row.passcode_hash is not None:
+            ok = isinstance(passcode, str) and hasher.verify(stored=row.passcode_hash, password=passcode).ok
+            if not ok:
+                counted = session.execute(
+                    update(ShlLink)
+                    .where(ShlLink.id == row.id, ShlLink.failures < ShlLink.budget)
+                    .values(failures=ShlLink.failures + 1)
+                    .returning(ShlLink.failures)
+                ).scalar_one_or_none()
+                outcome = "wrong-passcode" if counted is not None else "attempts-spent"
+                _log_opening(
+                    session,
+                    crypto,
+                    patient_id=patient_id,
+                    purpose=row.purpose,
+                    recipient=who,
+                    interaction="shl-manifest",
+                    outcome=outcome,
+                    allowed=False,
+                    now=now,
+                    address=address,
+                )
+                session.commit()
+                if counted is None:
+                    raise ShlUnavailable("this link is not available")
+                raise ShlPasscodeError("wrong passcode", remaining_attempts=row.budget - counted)
+        entry: dict[str, Any] = {"contentType": row.content_type, "lastUpdated": _iso(row.file_updated)}
+        assert row.file_jwe is not None
+        if isinstance(embedded_length_max, int) and len(row.file_jwe) <= embedded_length_max:
+            entry["embedded"] = row.file_jwe.decode()
+        else:
+            token = secrets.token_urlsafe(32)
+            expires = now + LOCATION_TTL
+            if row.expires is not None:
+                expires = min(expires, row.expires)
+            key = _patient_key(session, crypto, row.owner)
+            token_hash = _hash(token)
+            session.add(
+                ShlLocation(
+                    token_hash=token_hash,
+                    link_id=row.id,
+                    expires=expires,
+                    sealed=crypto.sealer.seal(key, who.encode(), _LOCATION_AAD + token_hash.hex().encode()),
+                )
+            )
+            entry["location"] = f"{base_url}/shl/f/{token}"
+        # Expired locations of any link go with each manifest: the table stays small.
+        session.execute(delete(ShlLocation).where(ShlLocation.expires <= now))
+        _log_opening(
+            session,
+            crypto,
+            patient_id=patient_id,
+            purpose=row.purpose,
+            recipient=who,
+            interaction="shl-manifest",
+            outcome="opened",
+            allowed=True,
+            now=now,
+            address=address,
+        )
+        session.commit()
+        return {"files": [entry]}
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def open_file(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    location_token: str,
+    recipient: str | None = None,
+    address: str | None = None,
+    now: datetime | None = None,
+) -> ServedFile:
+    """The file behind a manifest's `location` (single use, at most an hour). The recipient is the
+    one the manifest was opened for (kept sealed with the location), unless given."""
+    now = _utc(now)
+    session = factory()
+    try:
+        if not _TOKEN.fullmatch(location_token):
+            raise ShlUnavailable("this link is not available")
+        token_hash = _hash(location_token)
+        loc = session.execute(
+            delete(ShlLocation)
+            .where(ShlLocation.token_hash == token_hash)
+            .returning(ShlLocation.link_id, ShlLocation.expires, ShlLocation.sealed)
+        ).first()
+        if loc is None or loc.expires <= now:
+            session.commit()  # an expired one is deleted all the same
+            raise ShlUnavailable("this link is not available")
+        row = _live(session.get(ShlLink, loc.link_id), now)
+        key = _patient_key(session, crypto, row.owner)
+        who = recipient or crypto.sealer.open(key, loc.sealed, _LOCATION_AAD + token_hash.hex().encode()).decode()
+        patient_id = str(_open_sealed(session, crypto, row)["patient"])
+        _log_opening(
+            session,
+            crypto,
+            patient_id=patient_id,
+            purpose=row.purpose,
+            recipient=who,
+            interaction="shl-file",
+            outcome="downloaded",
+            allowed=True,
+            now=now,
+            address=address,
+        )
+        assert row.file_jwe is not None
+        served = ServedFile(row.content_type, row.file_jwe)
+        session.commit()
+        return served
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def open_direct(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    link_id: str,
+    recipient: object,
+    address: str | None = None,
+    now: datetime | None = None,
+) -> ServedFile:
+    """A `U` link's single file, fetched with `GET url?recipient=`."""
+    now = _utc(now)
+    who = _check_recipient(recipient)
+    session = factory()
+    try:
+        row = _live(_find(session, link_id), now)
+        if "U" not in row.flags:
+            raise ShlUnavailable("this link is not available")
+        patient_id = str(_open_sealed(session, crypto, row)["patient"])
+        _log_opening(
+            session,
+            crypto,
+            patient_id=patient_id,
+            purpose=row.purpose,
+            recipient=who,
+            interaction="shl-direct",
+            outcome="downloaded",
+            allowed=True,
+            now=now,
+            address=address,
+        )
+        assert row.file_jwe is not None
+        served = ServedFile(row.content_type, row.file_jwe)
+        session.commit()
+        return served
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
