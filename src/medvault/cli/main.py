@@ -31,6 +31,8 @@ audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident access lo
 app.add_typer(audit_app, name="audit")
 apps_app = typer.Typer(no_args_is_help=True, help="SMART apps (OAuth2 clients).")
 app.add_typer(apps_app, name="app")
+emergency_app = typer.Typer(no_args_is_help=True, help="Emergency cards (SMART Health Links).")
+app.add_typer(emergency_app, name="emergency")
 token_app = typer.Typer(no_args_is_help=True, help="Operator (system) tokens for bulk work over the API.")
 app.add_typer(token_app, name="token")
 console = Console()
@@ -646,3 +648,62 @@ def token_issue(
 
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
+
+
+@emergency_app.command("card")
+@friendly
+def emergency_card(
+    patient: Annotated[str, typer.Option("--patient", help="Patient id.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the QR, wallet card and flash-drive files.")] = Path(
+        "."
+    ),
+    base_url: Annotated[
+        str, typer.Option("--base-url", envvar="MEDVAULT_PUBLIC_URL", help="The server's public https address.")
+    ] = "http://127.0.0.1:8000",
+    label: Annotated[str | None, typer.Option("--label", help="Card label (only when a new link is made).")] = None,
+    alert: Annotated[
+        list[str] | None, typer.Option("--alert", help="An alert for the summary and the card (new link only).")
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    key_dir: KeyDir = None,
+) -> None:
+    """Write the emergency card's files (making the patient's emergency link if there is none) and
+    print the link. The files are a bearer copy of the summary: keep them as safe as the card."""
+    import os
+
+    from medvault.emergency import links
+    from medvault.emergency.card import LINK_FILE
+    from medvault.fhir.types import is_fhir_id
+    from medvault.records.guard import OPERATOR_CLI
+
+    if not is_fhir_id(patient):
+        raise links.LinkError("--patient must be a FHIR id")
+    settings = settings_for(data_dir, database_url, key_dir)
+    logs.setup(settings.log_path)
+    engine, factory, crypto = _open(settings)
+    try:
+        files = links.emergency_card(
+            factory=factory,
+            crypto=crypto,
+            caller=OPERATOR_CLI,
+            patient_id=patient,
+            base_url=base_url.rstrip("/"),
+            label=label,
+            alerts=tuple(alert or ()),
+        )
+    finally:
+        engine.dispose()
+    out.mkdir(parents=True, exist_ok=True)
+    written = [("emergency-card.pdf", files.wallet_pdf), *((f.name, f.content) for f in files.drive)]
+    for name, content in written:
+        path = out / name
+        # 0600 like the keys: each file opens the summary without any other secret.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+    state = "new emergency link" if files.created else "existing emergency link"
+    console.print(f"{state}; wrote {', '.join(n for n, _ in written)} to {out.resolve()}")
+    console.print(f"link (also in {LINK_FILE}; it opens the summary, share it as you would the card):")
+    # Plain print, not rich: the link must come out on one line, unwrapped and unstyled.
+    print(files.viewer_link)

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medvault.audit import log as audit_log
 from medvault.auth.passwords import Hasher
-from medvault.emergency import jwe, shl
+from medvault.emergency import card, jwe, shl
 from medvault.emergency.errors import ShlError, ShlPasscodeError, ShlUnavailable
 from medvault.emergency.summary import SummaryOptions, build_summary
 from medvault.errors import MedvaultError
@@ -507,6 +507,73 @@ def update_choices(
         row.file_jwe = jwe.encrypt_file(plaintext=content, key=key, content_type=FHIR_JSON, compress=True).encode()
         row.file_updated = now
         _audit_manage(vault, patient_id=patient_id, what="shl-update")
+
+
+@dataclass(frozen=True)
+class CardFiles:
+    """Everything printable or copyable for one emergency link (all of it a bearer copy of the summary)."""
+
+    link_id: int
+    viewer_link: str = field(repr=False)
+    qr_png: bytes = field(repr=False)
+    wallet_pdf: bytes = field(repr=False)
+    drive: tuple[card.BundleFile, ...] = field(repr=False)
+    created: bool = False
+
+
+DEFAULT_CARD_LABEL = "Emergency medical information"
+
+
+def emergency_card(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    caller: Caller,
+    patient_id: str,
+    base_url: str,
+    label: str | None = None,
+    alerts: tuple[str, ...] = (),
+    now: datetime | None = None,
+) -> CardFiles:
+    """The QR, wallet card and flash-drive files of the patient's live emergency link, made first
+    when there is none (with `label` and `alerts`: the alerts go into the summary and onto the card)."""
+    live = [
+        i
+        for i in list_links(factory=factory, crypto=crypto, caller=caller, patient_id=patient_id)
+        if i.purpose == "emergency" and i.status == "active" and (i.expires is None or i.expires > _utc(now))
+    ]
+    created = not live
+    if live:
+        info = live[0]
+        link_id, card_label, printed = info.link_id, info.label, info.print_alerts
+    else:
+        card_label = (label or "").strip() or DEFAULT_CARD_LABEL
+        printed = alerts
+        link_id = create_link(
+            factory=factory,
+            crypto=crypto,
+            caller=caller,
+            patient_id=patient_id,
+            purpose="emergency",
+            base_url=base_url,
+            label=card_label,
+            options=SummaryOptions(extra_alerts=alerts),
+            print_alerts=alerts,
+            now=now,
+        ).link_id
+    payload = issued(
+        factory=factory, crypto=crypto, caller=caller, patient_id=patient_id, link_id=link_id, base_url=base_url
+    )
+    text = payload.viewer_link(base_url=base_url)
+    file = summary_jwe(factory=factory, crypto=crypto, caller=caller, patient_id=patient_id, link_id=link_id)
+    return CardFiles(
+        link_id=link_id,
+        viewer_link=text,
+        qr_png=card.qr_png(text),
+        wallet_pdf=card.wallet_card_pdf(link_text=text, label=card_label or DEFAULT_CARD_LABEL, alerts=printed),
+        drive=tuple(card.flash_drive_bundle(link_text=text, summary_jwe=file, label=card_label)),
+        created=created,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
