@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -33,6 +34,7 @@ from medvault.audit import log as audit_log
 from medvault.auth.passwords import Hasher
 from medvault.emergency import card, jwe, shl
 from medvault.emergency.errors import ShlError, ShlPasscodeError, ShlUnavailable
+from medvault.emergency.summary import _NAMESPACE as summary_ns  # the summary's fullUrl rule
 from medvault.emergency.summary import SummaryOptions, build_summary
 from medvault.errors import MedvaultError
 from medvault.records import guard
@@ -477,6 +479,87 @@ def preview(
         return doc
 
 
+@dataclass(frozen=True)
+class PreviewItem:
+    key: str | None  # "Type/id" in the record (what the patient can hide); None for their own alerts
+    text: str
+
+
+@dataclass(frozen=True)
+class PreviewSection:
+    title: str
+    items: tuple[PreviewItem, ...]
+
+
+def readable(bundle: dict[str, Any], keys: list[str]) -> list[PreviewSection]:
+    """The summary's sections as plain text items, for the patient's preview. `keys` are the record's
+    "Type/id"s: a summary entry's fullUrl is `urn:uuid:uuid5(namespace, key)` (emergency/summary.py)."""
+    by_url = {str(e.get("fullUrl")): e.get("resource") or {} for e in bundle.get("entry") or []}
+    key_of = {f"urn:uuid:{uuid.uuid5(summary_ns, k)}": k for k in keys}
+    composition = (bundle.get("entry") or [{}])[0].get("resource") or {}
+    out = []
+    for section in composition.get("section") or []:
+        items = []
+        for ref in section.get("entry") or []:
+            url = str(ref.get("reference"))
+            res = by_url.get(url, {})
+            items.append(PreviewItem(key_of.get(url), _item_text(res)))
+        out.append(PreviewSection(str(section.get("title", "")), tuple(items)))
+    return out
+
+
+def _concept_text(concept: Any) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    if isinstance(concept.get("text"), str):
+        return str(concept["text"])
+    for coding in concept.get("coding") or []:
+        if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+            return str(coding["display"])
+    return ""
+
+
+def _item_text(res: dict[str, Any]) -> str:
+    rtype = str(res.get("resourceType", ""))
+    for element in ("code", "vaccineCode", "medicationCodeableConcept"):
+        text = _concept_text(res.get(element))
+        if text:
+            return text
+    if rtype == "Patient":
+        contacts = []
+        for c in res.get("contact") or []:
+            n = c.get("name") or {}
+            contacts.append(" ".join([*n.get("given", []), n.get("family", "")]).strip() or "contact")
+        return "Contacts: " + ", ".join(contacts) if contacts else "Patient"
+    ref = res.get("medicationReference")
+    if isinstance(ref, dict) and isinstance(ref.get("display"), str):
+        return str(ref["display"])
+    name = res.get("name")
+    if isinstance(name, list) and name and isinstance(name[0], dict):
+        return " ".join([*name[0].get("given", []), name[0].get("family", "")]).strip() or rtype
+    if isinstance(name, str):
+        return name
+    return rtype
+
+
+def preview_sections(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    caller: Caller,
+    patient_id: str,
+    options: SummaryOptions | None = None,
+    now: datetime | None = None,
+) -> list[PreviewSection]:
+    """The summary as the patient's preview page shows it (each record item with its key, to hide)."""
+    now = _utc(now)
+    _check_owner(caller, patient_id)
+    with guard.unit_of_work(factory, crypto, caller) as vault:
+        resources = records.everything(vault=vault, patient_id=patient_id)
+        bundle = build_summary(patient=resources[0], resources=resources[1:], now=now, options=options)
+    return readable(bundle, [f"{r['resourceType']}/{r['id']}" for r in resources])
+
+
 def update_choices(
     *,
     factory: sessionmaker[Session],
@@ -533,6 +616,7 @@ def emergency_card(
     base_url: str,
     label: str | None = None,
     alerts: tuple[str, ...] = (),
+    create_missing: bool = True,
     now: datetime | None = None,
 ) -> CardFiles:
     """The QR, wallet card and flash-drive files of the patient's live emergency link, made first
@@ -543,6 +627,8 @@ def emergency_card(
         if i.purpose == "emergency" and i.status == "active" and (i.expires is None or i.expires > _utc(now))
     ]
     created = not live
+    if created and not create_missing:
+        raise LinkNotFound("there is no live emergency link; create one first")
     if live:
         info = live[0]
         link_id, card_label, printed = info.link_id, info.label, info.print_alerts

@@ -34,7 +34,7 @@ from medvault.fhir.types import is_fhir_id
 from medvault.records import guard, service
 from medvault.records.errors import NotFound
 from medvault.store.crypto_context import CryptoContext
-from medvault.web import apps
+from medvault.web import apps, emergency_pages
 
 COOKIE = "__Host-medvault"
 # No script, no frames, no third-party anything; forms post only to us.
@@ -670,6 +670,7 @@ def install(app: Any, deps: PageDeps) -> None:
     """Routes, static files and the two page-level exception handlers."""
     app.include_router(build_router(deps))
     apps.install(app, deps)
+    emergency_pages.install(app, deps)
     app.mount("/static", StaticFiles(packages=[("medvault.web", "static")]), name="static")
 
     async def to_sign_in(_request: Request, _exc: Exception) -> Response:
