@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from medvault.audit import log as audit_log
@@ -144,7 +144,7 @@ def _seal(session: Session, crypto: CryptoContext, row: ShlLink, doc: dict[str, 
     return crypto.sealer.seal(key, orjson.dumps(doc), _SEALED_AAD + str(row.id).encode())
 
 
-def _open_sealed(session: Session, crypto: CryptoContext, row: ShlLink) -> dict[str, Any]:
+def _open_sealed(session: Session, crypto: CryptoContext, row: Any) -> dict[str, Any]:
     key = _patient_key(session, crypto, row.owner)
     doc: dict[str, Any] = orjson.loads(crypto.sealer.open(key, row.sealed, _SEALED_AAD + str(row.id).encode()))
     return doc
@@ -723,7 +723,26 @@ def _log_opening(
     audit_log.append(session=session, crypto=crypto, event=event, patient_id=patient_id, now=now)
 
 
-def _live(row: ShlLink | None, now: datetime) -> ShlLink:
+# What a responder's request reads of a link, as one Core row (no ORM identity map on this path:
+# it runs for every opening and has a 50 ms p95 budget under 20 concurrent responders).
+_SERVED = select(
+    ShlLink.id,
+    ShlLink.owner,
+    ShlLink.purpose,
+    ShlLink.flags,
+    ShlLink.status,
+    ShlLink.expires,
+    ShlLink.passcode_hash,
+    ShlLink.failures,
+    ShlLink.budget,
+    ShlLink.sealed,
+    ShlLink.content_type,
+    ShlLink.file_jwe,
+    ShlLink.file_updated,
+)
+
+
+def _live(row: Any, now: datetime) -> Any:
     """The one answer for unknown, paused, revoked, expired and spent links."""
     if (
         row is None
@@ -736,10 +755,10 @@ def _live(row: ShlLink | None, now: datetime) -> ShlLink:
     return row
 
 
-def _find(session: Session, presented: str) -> ShlLink | None:
+def _find(session: Session, presented: str) -> Any:
     if not _TOKEN.fullmatch(presented):
         return None
-    return session.execute(select(ShlLink).where(ShlLink.manifest_hash == _hash(presented))).scalar_one_or_none()
+    return session.execute(_SERVED.where(ShlLink.manifest_hash == _hash(presented))).first()
 
 
 def open_manifest(
@@ -809,8 +828,8 @@ def open_manifest(
                 expires = min(expires, row.expires)
             key = _patient_key(session, crypto, row.owner)
             token_hash = _hash(token)
-            session.add(
-                ShlLocation(
+            session.execute(
+                insert(ShlLocation).values(
                     token_hash=token_hash,
                     link_id=row.id,
                     expires=expires,
@@ -866,7 +885,7 @@ def open_file(
         if loc is None or loc.expires <= now:
             session.commit()  # an expired one is deleted all the same
             raise ShlUnavailable("this link is not available")
-        row = _live(session.get(ShlLink, loc.link_id), now)
+        row = _live(session.execute(_SERVED.where(ShlLink.id == loc.link_id)).first(), now)
         key = _patient_key(session, crypto, row.owner)
         who = recipient or crypto.sealer.open(key, loc.sealed, _LOCATION_AAD + token_hash.hex().encode()).decode()
         patient_id = str(_open_sealed(session, crypto, row)["patient"])
