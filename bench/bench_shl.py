@@ -19,6 +19,11 @@ Target (issue 4)
 How to run (from the repository root, after `pip install -e .`)
     python bench/bench_shl.py                     # 10 patients, 20 responders x 25 openings
     python bench/bench_shl.py --patients 20 --rounds 50
+    python bench/bench_shl.py --think-ms 500      # responders pause between openings (not saturated)
+
+`--think-ms 0` (the default) is a closed loop at saturation: 20 responders each opening again the
+moment the last opening ends, so by Little's law the latency is 20 / throughput, whatever the code;
+with a think time the figure is the serving time at 20 concurrent responders below saturation.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -133,12 +138,15 @@ def responder(
     check_every: int,
     out: list[float],
     errors: list[str],
+    think_ms: float = 0.0,
 ) -> None:
     from medvault.emergency import jwe, shl
 
     rng = random.Random(seed)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     for n in range(rounds):
+        if think_ms:
+            time.sleep(rng.expovariate(1 / think_ms) / 1000)  # a responder reads before the next opening
         target = rng.choice(targets)
         t0 = time.perf_counter()
         conn.request(
@@ -172,6 +180,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=25, help="openings per responder (timed)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed openings per responder first")
     ap.add_argument("--check-every", type=int, default=5)
+    ap.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="mean pause (exponential) between one responder's openings; 0: back to back (saturation)",
+    )
     ap.add_argument("--quiet-busy", type=float, default=0.5)
     ap.add_argument("--quiet-wait", type=float, default=60.0)
     ap.add_argument("--keep", action="store_true")
@@ -194,7 +208,8 @@ def main() -> None:
                 errors: list[str] = []
                 threads = [
                     threading.Thread(
-                        target=responder, args=(port, targets, rounds, seed0 + i, args.check_every, samples, errors)
+                        target=responder,
+                        args=(port, targets, rounds, seed0 + i, args.check_every, samples, errors, args.think_ms),
                     )
                     for i in range(args.responders)
                 ]
@@ -227,7 +242,10 @@ def main() -> None:
         manifest, file = per_route["/shl/m/{link_id}"], per_route["/shl/f/{token}"]
         pairs = [a + b for a, b in zip(manifest, file, strict=False)]
         n = len(client)
-        print(f"   load      {args.responders} responders x {args.rounds} openings: {n} pairs in {elapsed:.1f} s")
+        print(
+            f"   load      {args.responders} responders x {args.rounds} openings (think {args.think_ms:.0f} ms):"
+            f" {n} pairs in {elapsed:.1f} s"
+        )
         print(f"             ({n / elapsed:.0f} pairs/s), statuses {statuses}, errors {len(errors)}")
         rows: list[list[Any]] = []
         for name, values in (("manifest (server)", manifest), ("file (server)", file), ("pair (server)", pairs)):
