@@ -189,6 +189,8 @@ def main() -> None:
             for _ in range(50):
                 other.one()  # warm-up
             print(f"   {wait_for_quiet(args.quiet_busy, args.quiet_wait)}", flush=True)
+            other.conn.close()  # the server drops keep-alive connections idle for 5 s: a fresh one
+            other.one()
             idle = [other.one() for _ in range(args.idle)]
             during: list[tuple[str, float]] = []
             login_times: list[float] = []
