@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from medvault.audit import log as audit_log
 from medvault.audit.errors import CheckpointInvalid
@@ -265,3 +266,16 @@ def test_concurrent_appends_leave_no_gap_and_no_fork(vault_env: Any) -> None:
     report = _verify(vault_env, _checkpoint(vault_env))
     assert report.ok, report.problems
     assert report.checked == expected
+
+
+def test_a_database_error_in_the_append_is_sqlalchemys_own(vault_env: Any) -> None:
+    """The append talks to the DBAPI cursor directly; its errors still arrive as SQLAlchemy's
+    exception classes (the importer tells a broken database from a bad file by them), with no
+    parameter values in the message."""
+    with unit_of_work(vault_env.factory) as session:
+        session.execute(text("DROP TABLE audit_head"))
+    with unit_of_work(vault_env.factory) as session, pytest.raises(DBAPIError) as caught:
+        audit_log.append(session=session, crypto=vault_env.crypto, event=_event(0, "pat-a"), patient_id="pat-a")
+    expected = OperationalError if vault_env.settings.is_sqlite else ProgrammingError
+    assert isinstance(caught.value, expected)
+    assert "audit_head" in str(caught.value)

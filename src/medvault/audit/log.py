@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import BigInteger, Dialect, bindparam, func, insert, select, type_coerce, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from medvault.audit import merkle
@@ -112,11 +113,13 @@ def append(
     conn = session.connection()  # starts the session's transaction (SQLite: BEGIN IMMEDIATE)
     sql = _sql_for(conn.dialect)
     cursor = conn.connection.cursor()  # the DBAPI cursor of that same connection and transaction
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    statement = sql.next_seq
     try:
         # One statement allocates the sequence number and holds the head row's lock until commit
         # (PostgreSQL row lock; SQLite writers are exclusive anyway): numbers are dense and commit
         # in order.
-        cursor.execute(sql.next_seq)
+        cursor.execute(statement)
         row = cursor.fetchone()
         if row is None:
             raise AuditError("the access log's head row is missing; run `audit verify`")
@@ -124,7 +127,14 @@ def append(
         blob = crypto.sealer.seal(key, plaintext, _AAD + str(seq).encode())
         values = {"seq": seq, "recorded": recorded, "data_key_id": dk_id, "blob": blob, "patient_token": token}
         params: Any = values if sql.insert_order is None else tuple(values[k] for k in sql.insert_order)
-        cursor.execute(sql.insert, params)
+        statement = sql.insert
+        cursor.execute(statement, params)
+    except dbapi_error as exc:
+        # The same exception classes SQLAlchemy raises for its own statements (callers such as the
+        # importer tell a locked or broken database from a bad record by them); no parameters in it.
+        raise DBAPIError.instance(
+            statement, None, exc, dbapi_error, hide_parameters=True, dialect=conn.dialect
+        ) from exc
     finally:
         cursor.close()
     return seq
