@@ -56,10 +56,26 @@ def test_card_files_and_link(vault_env: Any, tmp_path: Path) -> None:
     text = resolved.files[0].plaintext.decode()
     for wanted in (ALLERGY, FLAG, "Irradiated blood only"):
         assert wanted in text
+    from medvault.records import service
+    from tests.helpers import open_vault
+
+    with open_vault(vault_env) as v:  # the record changes: the next card run rebuilds the summary
+        service.create(
+            vault=v,
+            resource={
+                "resourceType": "AllergyIntolerance",
+                "patient": {"reference": f"Patient/{person.patient_id}"},
+                "clinicalStatus": {"coding": [{"code": "active"}]},
+                "code": {"text": "Allergy to latex"},
+            },
+        )
     again = _invoke(vault_env, *args)
     assert again.exit_code == 0, again.output
     assert "existing emergency link" in again.output
     assert again.output.strip().splitlines()[-1] == link
+    with TestClient(create_app(vault_env.settings), base_url=BASE) as client:
+        resolved = reader.resolve(link, recipient="Paramedic", http=http_over_testclient(client))
+    assert "Allergy to latex" in resolved.files[0].plaintext.decode()
 
 
 @pytest.mark.parametrize(

@@ -635,6 +635,17 @@ def emergency_card(
     if live:
         info = live[0]
         link_id, card_label, printed = info.link_id, info.label, info.print_alerts
+        # Rebuilt from the record as it is now (same key, fresh IV): the new card, the flash drive's
+        # page and what the link serves all show today's summary.
+        update_choices(
+            factory=factory,
+            crypto=crypto,
+            caller=caller,
+            patient_id=patient_id,
+            link_id=link_id,
+            options=info.options,
+            now=now,
+        )
     else:
         card_label = (label or "").strip() or DEFAULT_CARD_LABEL
         printed = alerts
