@@ -4,11 +4,13 @@ narrowed by its scopes; patient/ scopes stay inside the launch patient's compart
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
+from medvault.access.consent import consent_resource
 from tests.api.support import JSON_HEADERS, outcome
 from tests.smart.support import (
     FORM,
@@ -111,3 +113,46 @@ def test_the_system_token_still_does_everything(world: World, client: Any) -> No
     assert client.get(f"/fhir/Observation/{world.other_obs}", headers=h).status_code == 200
     assert client.get(f"/fhir/Condition/{world.condition}", headers=h).status_code == 200
     assert len(_ids(client.get("/fhir/Observation", headers=h))) == 4
+
+
+def test_the_access_log_needs_an_audit_event_scope(world: World, client: Any) -> None:
+    # "Who accessed my record" names the clinicians who looked and when: an app granted only the
+    # patient's Observations must not read it (it did: the AuditEvent search ignored the scopes).
+    token = launch(client, world, "patient/Observation.rs launch/patient")["access_token"]
+    refused = outcome(client.get("/fhir/AuditEvent", params={"patient": world.pid}, headers=bearer(token)), 403)
+    assert "AuditEvent" not in str(refused["issue"][0].get("expression", ""))
+    allowed = launch(client, world, "patient/AuditEvent.s launch/patient")["access_token"]
+    found = client.get("/fhir/AuditEvent", params={"patient": world.pid}, headers=bearer(allowed))
+    assert found.status_code == 200, found.text
+    assert found.json()["entry"]
+
+
+def _grant_to(world: World) -> dict[str, Any]:
+    return consent_resource(
+        patient_id=world.pid,
+        grantee=f"Practitioner/{world.practitioner}",
+        resource_types=None,
+        sensitive=frozenset({"mental-health", "hiv"}),
+        start=None,
+        end=None,
+        now=datetime.now(UTC),
+    )
+
+
+def test_a_wildcard_scope_does_not_let_an_app_share_the_record(world: World, client: Any) -> None:
+    # A Consent is who may see the record: an app the patient let "add and change your records"
+    # must not be able to grant someone (sensitive parts included) access that outlives the app's
+    # own tokens. Only a scope naming Consent writes may.
+    h = {**bearer(launch(client, world, "patient/*.cruds launch/patient")["access_token"]), **JSON_HEADERS}
+    outcome(client.post("/fhir/Consent", json=_grant_to(world), headers=h), 403)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": _grant_to(world), "request": {"method": "POST", "url": "Consent"}}],
+    }
+    outcome(client.post("/fhir", json=bundle, headers=h), 403)
+    # Reading their grants through the wildcard is still fine.
+    assert client.get("/fhir/Consent", params={"patient": world.pid}, headers=h).status_code == 200
+    named = {**bearer(launch(client, world, "patient/Consent.cru launch/patient")["access_token"]), **JSON_HEADERS}
+    created = client.post("/fhir/Consent", json=_grant_to(world), headers=named)
+    assert created.status_code == 201, created.text
