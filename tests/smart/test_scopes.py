@@ -145,3 +145,15 @@ def test_policy_narrows_by_scope() -> None:
     # A scope never widens: no grant, no access, whatever the token says.
     stranger = _decide("user/*.cruds", patient="p9")
     assert stranger.reason == "no-grant-in-force"
+
+
+@pytest.mark.parametrize("level", ["patient", "user", "system"])
+def test_a_wildcard_never_writes_a_consent(level: str) -> None:
+    wildcard = sc.parse(f"{level}/*.cruds")
+    for letter in "cud":
+        assert not sc.type_permitted(wildcard, rtype="Consent", letter=letter)
+        assert sc.type_permitted(wildcard, rtype="Observation", letter=letter)
+    for letter in "rs":
+        assert sc.type_permitted(wildcard, rtype="Consent", letter=letter)
+    named = sc.parse(f"{level}/Consent.cud")
+    assert all(sc.type_permitted(named, rtype="Consent", letter=c) for c in "cud")

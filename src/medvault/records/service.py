@@ -435,6 +435,9 @@ def access_log(
             reason=decision.reason,
             message="an access log is shown to its patient only",
         )
+    # Through an app, the token must cover AuditEvent too: the log says who looked and when, which
+    # an app granted (say) only the patient's Observations has no business reading.
+    guard.check_scope_for_type(vault, rtype="AuditEvent", action="search", interaction="search-type")
     entries = audit_log.for_patient(
         session=vault.session, crypto=vault.crypto, patient_id=patient_id, limit=count + 1, before=before
     )
