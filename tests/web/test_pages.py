@@ -467,3 +467,63 @@ def test_a_non_ascii_csrf_field_is_refused_not_a_server_error(site: Any) -> None
         response = client.post(path, content="csrf=%FF&code=%E9", headers=FORM, follow_redirects=False)
         assert response.status_code == 403, (path, response.status_code)
         assert "expired" in response.text
+
+
+# -- form bodies are read only up to their limit --------------------------------------------------
+
+_CHUNK = 4096
+_CHUNKS = 1024  # 4 MiB offered; the limit is 16 KiB
+
+
+def _post_streamed(app: Any, path: str, *, content_length: int | None) -> tuple[int, int]:
+    """POST a body of _CHUNKS chunks straight into the ASGI app; returns (status, chunks read)."""
+    import anyio
+
+    read = 0
+    status: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        if read >= _CHUNKS:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        read += 1
+        return {"type": "http.request", "body": b"a" * _CHUNK, "more_body": read < _CHUNKS}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(int(message["status"]))
+
+    headers = [(b"host", b"testserver"), (b"origin", b"https://testserver")]
+    headers.append((b"content-type", b"application/x-www-form-urlencoded"))
+    if content_length is not None:
+        headers.append((b"content-length", str(content_length).encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 443),
+    }
+    anyio.run(app, scope, receive, send)
+    return status[0], read
+
+
+@pytest.mark.parametrize("path", ["/login", "/logout", "/oauth/authorize", "/oauth/token", "/oauth/revoke"])
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_huge_form_is_refused_without_reading_it_all(vault_env: Any, path: str, declared: bool) -> None:
+    # Unauthenticated endpoints: reading a whole body before checking its size let anyone make the
+    # server buffer gigabytes in memory (no proxy in front sets a limit for us).
+    from medvault.api.app import create_app
+
+    app = create_app(vault_env.settings)
+    status, read = _post_streamed(app, path, content_length=_CHUNK * _CHUNKS if declared else None)
+    assert status in (400, 413), status
+    # A declared length over the limit is refused before reading; an undeclared one at the limit.
+    assert read == 0 if declared else read <= 16 * 1024 // _CHUNK + 1, read
