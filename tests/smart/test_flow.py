@@ -163,6 +163,12 @@ def test_state_and_audience_are_checked(world: World, client: Any) -> None:
     got = redirect_query(client.get("/oauth/authorize", params=params, follow_redirects=False))
     assert got["error"] == "invalid_request"
     assert got["state"] == params["state"]
+    # SMART 2.0 requires aud: the check that stops an app sending our tokens to a counterfeit FHIR
+    # server only works when the app names the server it means, so a missing aud is refused too.
+    params = auth_params(world, "patient/Observation.rs", pkce(), aud="")
+    assert "aud" not in params
+    got = redirect_query(client.get("/oauth/authorize", params=params, follow_redirects=False))
+    assert got["error"] == "invalid_request"
 
 
 def test_unknown_or_system_scopes_are_refused(world: World, client: Any) -> None:

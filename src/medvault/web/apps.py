@@ -105,7 +105,9 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
                 grant = server.get_consent_grant(req, end_user=actor)
                 data = grant.request.payload.data
                 aud = data.get("aud")
-                if aud is not None and aud.rstrip("/") != server.issuer:
+                if not aud or aud.rstrip("/") != server.issuer:
+                    # SMART 2.0 requires aud: the app names the FHIR server it means to use the token
+                    # with, so a token meant for a counterfeit server is never issued. Missing = wrong.
                     raise InvalidRequestError("'aud' is not this FHIR server", redirect_uri=grant.redirect_uri)
                 if not data.get("state"):
                     # SMART App Launch 2.0 requires it: the app's defence against a forged callback.
