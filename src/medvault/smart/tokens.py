@@ -501,6 +501,19 @@ def revoke_app(*, session: Session, crypto: CryptoContext, actor: Actor, client_
     return count
 
 
+def revoke_account(*, session: Session, crypto: CryptoContext, account_id: str, now: datetime) -> int:
+    """End every app token of an account, by the operator: disabling an account or resetting its
+    second factor answers a stolen sign-in, and the apps the thief approved must end with it (a
+    disabled account's tokens would otherwise only pause, and live again on re-enabling)."""
+    result = session.execute(
+        update(OAuthToken).where(OAuthToken.account_id == account_id, OAuthToken.revoked.is_(None)).values(revoked=now)
+    )
+    count = int(getattr(result, "rowcount", 0) or 0)
+    if count:
+        audit(session=session, crypto=crypto, actor=None, client_id=None, what="revoke", patient_id=None, ok=True)
+    return count
+
+
 # -- audit -------------------------------------------------------------------------------------
 
 AuditWhat = Literal["approve", "deny", "token-issue", "refresh-reuse", "revoke"]
