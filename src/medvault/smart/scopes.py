@@ -142,6 +142,11 @@ def permits(scopes: Scopes, *, rtype: str, letter: str, patient_id: str | None, 
     A ``patient/`` scope reaches only the launch patient's compartment, and resources outside any
     compartment (directories such as Practitioner); ``user/`` and ``system/`` scopes reach whatever
     the account itself may reach."""
+    only_patient = all(s.level == "patient" for s in scopes.resources)
+    if only_patient and patient_id is not None and patient_id != launch_patient:
+        # Judged before the type: a 403 for a type outside the scopes would tell the app that the
+        # id exists in a compartment it was never given; there everything is missing.
+        return "outside-launch-patient"
     matching = [s for s in scopes.resources if s.covers(rtype, letter)]
     if not matching:
         return "outside-scope"
