@@ -16,7 +16,7 @@ from medvault.auth.passwords import Hasher
 from medvault.db import unit_of_work
 from medvault.records import service
 from medvault.web.pages import COOKIE, CSP
-from tests.helpers import open_vault
+from tests.helpers import open_vault, post_streamed
 
 PASSWORD = "a long and private passphrase"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -475,46 +475,6 @@ _CHUNK = 4096
 _CHUNKS = 1024  # 4 MiB offered; the limit is 16 KiB
 
 
-def _post_streamed(app: Any, path: str, *, content_length: int | None) -> tuple[int, int]:
-    """POST a body of _CHUNKS chunks straight into the ASGI app; returns (status, chunks read)."""
-    import anyio
-
-    read = 0
-    status: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        nonlocal read
-        if read >= _CHUNKS:
-            return {"type": "http.request", "body": b"", "more_body": False}
-        read += 1
-        return {"type": "http.request", "body": b"a" * _CHUNK, "more_body": read < _CHUNKS}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            status.append(int(message["status"]))
-
-    headers = [(b"host", b"testserver"), (b"origin", b"https://testserver")]
-    headers.append((b"content-type", b"application/x-www-form-urlencoded"))
-    if content_length is not None:
-        headers.append((b"content-length", str(content_length).encode()))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "https",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 443),
-    }
-    anyio.run(app, scope, receive, send)
-    return status[0], read
-
-
 @pytest.mark.parametrize("path", ["/login", "/logout", "/oauth/authorize", "/oauth/token", "/oauth/revoke"])
 @pytest.mark.parametrize("declared", [False, True])
 def test_a_huge_form_is_refused_without_reading_it_all(vault_env: Any, path: str, declared: bool) -> None:
@@ -523,7 +483,9 @@ def test_a_huge_form_is_refused_without_reading_it_all(vault_env: Any, path: str
     from medvault.api.app import create_app
 
     app = create_app(vault_env.settings)
-    status, read = _post_streamed(app, path, content_length=_CHUNK * _CHUNKS if declared else None)
+    headers = {"origin": "https://testserver", "content-type": "application/x-www-form-urlencoded"}
+    length = _CHUNK * _CHUNKS if declared else None
+    status, read = post_streamed(app, path, headers=headers, chunk=_CHUNK, chunks=_CHUNKS, content_length=length)
     assert status in (400, 413), status
     # A declared length over the limit is refused before reading; an undeclared one at the limit.
     assert read == 0 if declared else read <= 16 * 1024 // _CHUNK + 1, read
