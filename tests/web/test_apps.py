@@ -59,3 +59,19 @@ def test_my_apps_needs_a_session(world: World, client: Any) -> None:
     response = client.get("/me/apps", follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == "/login"
+
+
+def test_the_approval_page_cannot_be_framed(world: World, client: Any) -> None:
+    # Clickjacking: a page of another site framing the approval page could steer the patient's
+    # click onto "Allow". Its CSP is rewritten (form-action gains the app's origin): the rewrite
+    # must keep frame-ancestors 'none', and X-Frame-Options covers browsers without CSP 3.
+    from tests.smart.support import auth_params, pkce, sign_in
+
+    sign_in(client, world)
+    page = client.get("/oauth/authorize", params=auth_params(world, "patient/Observation.rs", pkce()))
+    assert page.status_code == 200, page.text
+    csp = [d.strip() for d in page.headers["content-security-policy"].split(";")]
+    assert "frame-ancestors 'none'" in csp
+    assert "form-action 'self' https://app.example.org" in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["cache-control"] == "no-store"
