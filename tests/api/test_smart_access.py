@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from medvault.access.consent import consent_resource
+from medvault.access.consent import consent_resource, revoked
 from tests.api.support import JSON_HEADERS, outcome
 from tests.smart.support import (
     FORM,
@@ -155,3 +155,23 @@ def test_a_wildcard_scope_does_not_let_an_app_share_the_record(world: World, cli
     named = {**bearer(launch(client, world, "patient/Consent.cru launch/patient")["access_token"]), **JSON_HEADERS}
     created = client.post("/fhir/Consent", json=_grant_to(world), headers=named)
     assert created.status_code == 201, created.text
+
+
+def test_a_withdrawn_grant_ends_a_live_clinician_token_at_once(world: World, client: Any) -> None:
+    token = launch(client, world, "patient/*.rs launch/patient", clinician=True, patient=world.pid)
+    h = bearer(token["access_token"])
+    assert client.get(f"/fhir/Observation/{world.obs[0]}", headers=h).status_code == 200
+    operator = bearer(world.env.settings.token_path.read_text().strip())
+    consents = client.get("/fhir/Consent", params={"patient": world.pid}, headers=operator).json()["entry"]
+    for entry in consents:
+        current = entry["resource"]
+        put = client.put(f"/fhir/Consent/{current['id']}", json=revoked(current), headers={**operator, **JSON_HEADERS})
+        assert put.status_code == 200, put.text
+    # The token is still live, but the grant behind it is gone: the very next request is refused
+    # like a record that does not exist, on every path.
+    other = client.get(f"/fhir/Observation/{world.obs[0]}", headers=h)
+    missing = client.get("/fhir/Observation/does-not-exist", headers=h)
+    assert other.status_code == missing.status_code == 404
+    assert _ids(client.get("/fhir/Observation", params={"patient": world.pid}, headers=h)) == []
+    outcome(client.get(f"/fhir/Patient/{world.pid}/$everything", headers=h), 404)
+    outcome(client.get(f"/fhir/Observation/{world.obs[0]}/_history", headers=h), 404)
