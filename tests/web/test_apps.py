@@ -75,3 +75,40 @@ def test_the_approval_page_cannot_be_framed(world: World, client: Any) -> None:
     assert "form-action 'self' https://app.example.org" in csp
     assert page.headers["x-frame-options"] == "DENY"
     assert page.headers["cache-control"] == "no-store"
+
+
+def test_a_clinician_opening_the_approval_page_leaves_other_patients_logs_alone(world: World, client: Any) -> None:
+    # Choosing the launch patient lists the patients who granted this clinician. It used to search
+    # every Consent in the store as the clinician, so each patient with any grant (to anyone) got a
+    # refused search by this clinician in "who accessed my record", on every page load.
+    from datetime import UTC, datetime
+
+    from medvault.access.consent import consent_resource
+    from medvault.records import service
+    from tests.helpers import open_vault
+    from tests.smart.support import auth_params, pkce, sign_in
+
+    with open_vault(world.env) as v:
+        elsewhere = service.create(vault=v, resource={"resourceType": "Practitioner", "name": [{"family": "B"}]}).rid
+        grant = consent_resource(
+            patient_id=world.other,
+            grantee=f"Practitioner/{elsewhere}",
+            resource_types=None,
+            sensitive=frozenset(),
+            start=None,
+            end=None,
+            now=datetime.now(UTC),
+        )
+        service.create(vault=v, resource=grant)
+
+    def other_log() -> list[Any]:
+        with unit_of_work(world.env.factory) as session:
+            return audit_log.for_patient(session=session, crypto=world.env.crypto, patient_id=world.other, limit=100)
+
+    before = len(other_log())
+    sign_in(client, world, clinician=True)
+    page = client.get("/oauth/authorize", params=auth_params(world, "patient/*.rs launch/patient", pkce()))
+    assert page.status_code == 200, page.text
+    assert f'value="{world.pid}"' in page.text
+    assert world.other not in page.text
+    assert len(other_log()) == before

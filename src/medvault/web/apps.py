@@ -16,7 +16,6 @@ from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from medvault.access.consent import grant_from_consent
 from medvault.auth import sessions
 from medvault.db import unit_of_work
 from medvault.fhir.types import is_fhir_id
@@ -48,13 +47,13 @@ def _patient_name(doc: dict[str, Any]) -> str:
 
 
 def _granting_patients(deps: pages.PageDeps, actor: Actor, address: str | None) -> list[_Choice]:
-    """The patients whose grant to this clinician is in force now, read as the clinician (the
-    policy shows a clinician only the Consents naming them)."""
+    """The patients whose grant to this clinician is in force now, read as the clinician. Through
+    the keyed grantee search (`service.granting`): a search of every Consent would judge, and log
+    as a refused search by this clinician, every other patient's grants on each page load."""
     caller = guard.Caller(actor=actor, via="page", address=address)
     now = datetime.now(UTC)
     with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
-        consents = service.search(vault=vault, rtype="Consent", params=[("_count", "1000")]).resources
-        ids = sorted({g.patient_id for g in map(grant_from_consent, consents) if g is not None and g.in_force(now)})
+        ids = sorted(service.granting(vault=vault, now=now))
         choices = []
         for pid in ids:
             try:
