@@ -175,3 +175,25 @@ def test_a_withdrawn_grant_ends_a_live_clinician_token_at_once(world: World, cli
     assert _ids(client.get("/fhir/Observation", params={"patient": world.pid}, headers=h)) == []
     outcome(client.get(f"/fhir/Patient/{world.pid}/$everything", headers=h), 404)
     outcome(client.get(f"/fhir/Observation/{world.obs[0]}/_history", headers=h), 404)
+
+
+def test_a_patients_search_leaves_other_patients_logs_alone(world: World, client: Any) -> None:
+    # A patient (or a patient/-only token) can reach one compartment. A search without a patient
+    # parameter used to judge every patient's records of the type, writing a refused search by
+    # "another patient's account" into each of their access logs (a decoy's included: a false
+    # breach alert), at the cost of the whole store. It is now narrowed to that compartment first.
+    from medvault.audit import log as audit_log
+    from medvault.db import unit_of_work
+
+    def other_log() -> int:
+        with unit_of_work(world.env.factory) as session:
+            found = audit_log.for_patient(session=session, crypto=world.env.crypto, patient_id=world.other, limit=200)
+        return len(found)
+
+    before = other_log()
+    token = launch(client, world, "patient/Observation.rs patient/Practitioner.rs launch/patient")["access_token"]
+    h = bearer(token)
+    assert _ids(client.get("/fhir/Observation", headers=h)) == sorted(world.obs)
+    # Outside any compartment stays searchable.
+    assert _ids(client.get("/fhir/Practitioner", headers=h)) == [world.practitioner]
+    assert other_log() == before

@@ -306,7 +306,8 @@ def search(
     _check_type(rtype)
     guard.check_scope_for_type(vault, rtype=rtype, action="search", interaction="search-type")
     visibility = guard.Visibility(vault, action="search", interaction="search-type")
-    result = record_search.search(vault, rtype, params, strict=strict, visible=visibility)
+    only = guard.sole_compartment(vault)
+    result = record_search.search(vault, rtype, params, strict=strict, visible=visibility, compartment=only)
     visibility.audit()
     return result
 
