@@ -75,6 +75,8 @@ def test_the_approval_page_cannot_be_framed(world: World, client: Any) -> None:
     assert "form-action 'self' https://app.example.org" in csp
     assert page.headers["x-frame-options"] == "DENY"
     assert page.headers["cache-control"] == "no-store"
+    # The person sees where the answer goes, not only the name the app was registered under.
+    assert "<strong>app.example.org</strong>" in page.text
 
 
 def test_a_clinician_opening_the_approval_page_leaves_other_patients_logs_alone(world: World, client: Any) -> None:

@@ -122,10 +122,13 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
         if needs_patient and actor.role == "clinician":
             choices = _granting_patients(deps, actor, address(request))
         if form is None:
+            target = urlsplit(grant.redirect_uri)
             response = pages.page(
                 "authorize.html",
                 live=live,
                 app=client.info.name,
+                # Where the code goes (the registered redirect URI's host): a name alone can be anyone's.
+                destination=target.hostname or target.netloc,
                 items=_describe(scopes, own=actor.role == "patient"),
                 params=params,
                 choose=needs_patient and actor.role == "clinician",
@@ -134,7 +137,6 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
                 no_patients=needs_patient and actor.role == "clinician" and not choices,
             )
             # The approval form redirects to the app: let the form's redirect reach its origin.
-            target = urlsplit(grant.redirect_uri)
             response.headers["Content-Security-Policy"] = pages.CSP.replace(
                 "form-action 'self'", f"form-action 'self' {target.scheme}://{target.netloc}"
             )
