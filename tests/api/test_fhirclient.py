@@ -71,6 +71,7 @@ def test_fhirclient_standalone_patient_launch(served: tuple[World, str]) -> None
     assert "code_challenge_method=S256" in authorize_url  # fhirclient 4.4 sends PKCE S256
 
     browser = requests.Session()
+    # A browser sends Origin with a form POST; sign-in refuses one without it (or a Referer).
     signed = browser.post(
         f"{root}/login",
         data={"login": "pat@example.org", "password": PASSWORD, "code": ""},

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from medvault.fhir.types import is_fhir_id
 from tests.api.support import JSON_HEADERS, create, ok, outcome
+from tests.helpers import post_streamed
 
 SECRET = "Zyxwquartz"
 TYPES = ("Patient", "Observation")  # every write these requests could make
@@ -400,3 +401,28 @@ def test_nested_resource_of_unknown_type(api: Any, path: str, body: dict[str, An
     response = api.post("/fhir", json=batch, headers=JSON_HEADERS)
     assert response.status_code == 200, response.text
     assert response.json()["entry"][0]["response"]["status"].startswith(("400", "422"))
+
+
+@pytest.mark.parametrize("path", ["/fhir", "/fhir/Observation", "/fhir/Observation/_search"])
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_huge_body_is_refused_without_reading_it_all(vault_env: Any, path: str, declared: bool) -> None:
+    # Any token holder (an app a patient approved, say) could make the server buffer a body of any
+    # size before its 32 MiB limit was looked at: the limit now stops the reading itself.
+    from medvault.api.app import create_app
+    from medvault.fhir.parse import MAX_BODY_BYTES
+
+    chunk = 1024 * 1024
+    chunks = MAX_BODY_BYTES // chunk + 16
+    token = vault_env.settings.token_path.read_text().strip()
+    ctype = "application/x-www-form-urlencoded" if path.endswith("_search") else "application/fhir+json"
+    headers = {"authorization": f"Bearer {token}", "content-type": ctype}
+    status, read = post_streamed(
+        create_app(vault_env.settings),
+        path,
+        headers=headers,
+        chunk=chunk,
+        chunks=chunks,
+        content_length=chunk * chunks if declared else None,
+    )
+    assert status in (400, 413), status
+    assert read == 0 if declared else read <= MAX_BODY_BYTES // chunk + 1, read

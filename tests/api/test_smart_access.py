@@ -4,11 +4,13 @@ narrowed by its scopes; patient/ scopes stay inside the launch patient's compart
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
+from medvault.access.consent import consent_resource, revoked
 from tests.api.support import JSON_HEADERS, outcome
 from tests.smart.support import (
     FORM,
@@ -111,3 +113,87 @@ def test_the_system_token_still_does_everything(world: World, client: Any) -> No
     assert client.get(f"/fhir/Observation/{world.other_obs}", headers=h).status_code == 200
     assert client.get(f"/fhir/Condition/{world.condition}", headers=h).status_code == 200
     assert len(_ids(client.get("/fhir/Observation", headers=h))) == 4
+
+
+def test_the_access_log_needs_an_audit_event_scope(world: World, client: Any) -> None:
+    # "Who accessed my record" names the clinicians who looked and when: an app granted only the
+    # patient's Observations must not read it (it did: the AuditEvent search ignored the scopes).
+    token = launch(client, world, "patient/Observation.rs launch/patient")["access_token"]
+    outcome(client.get("/fhir/AuditEvent", params={"patient": world.pid}, headers=bearer(token)), 403)
+    allowed = launch(client, world, "patient/AuditEvent.s launch/patient")["access_token"]
+    found = client.get("/fhir/AuditEvent", params={"patient": world.pid}, headers=bearer(allowed))
+    assert found.status_code == 200, found.text
+    assert found.json()["entry"]
+
+
+def _grant_to(world: World) -> dict[str, Any]:
+    return consent_resource(
+        patient_id=world.pid,
+        grantee=f"Practitioner/{world.practitioner}",
+        resource_types=None,
+        sensitive=frozenset({"mental-health", "hiv"}),
+        start=None,
+        end=None,
+        now=datetime.now(UTC),
+    )
+
+
+def test_a_wildcard_scope_does_not_let_an_app_share_the_record(world: World, client: Any) -> None:
+    # A Consent is who may see the record: an app the patient let "add and change your records"
+    # must not be able to grant someone (sensitive parts included) access that outlives the app's
+    # own tokens. Only a scope naming Consent writes may.
+    h = {**bearer(launch(client, world, "patient/*.cruds launch/patient")["access_token"]), **JSON_HEADERS}
+    outcome(client.post("/fhir/Consent", json=_grant_to(world), headers=h), 403)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": _grant_to(world), "request": {"method": "POST", "url": "Consent"}}],
+    }
+    outcome(client.post("/fhir", json=bundle, headers=h), 403)
+    # Reading their grants through the wildcard is still fine.
+    assert client.get("/fhir/Consent", params={"patient": world.pid}, headers=h).status_code == 200
+    named = {**bearer(launch(client, world, "patient/Consent.cru launch/patient")["access_token"]), **JSON_HEADERS}
+    created = client.post("/fhir/Consent", json=_grant_to(world), headers=named)
+    assert created.status_code == 201, created.text
+
+
+def test_a_withdrawn_grant_ends_a_live_clinician_token_at_once(world: World, client: Any) -> None:
+    token = launch(client, world, "patient/*.rs launch/patient", clinician=True, patient=world.pid)
+    h = bearer(token["access_token"])
+    assert client.get(f"/fhir/Observation/{world.obs[0]}", headers=h).status_code == 200
+    operator = bearer(world.env.settings.token_path.read_text().strip())
+    consents = client.get("/fhir/Consent", params={"patient": world.pid}, headers=operator).json()["entry"]
+    for entry in consents:
+        current = entry["resource"]
+        put = client.put(f"/fhir/Consent/{current['id']}", json=revoked(current), headers={**operator, **JSON_HEADERS})
+        assert put.status_code == 200, put.text
+    # The token is still live, but the grant behind it is gone: the very next request is refused
+    # like a record that does not exist, on every path.
+    other = client.get(f"/fhir/Observation/{world.obs[0]}", headers=h)
+    missing = client.get("/fhir/Observation/does-not-exist", headers=h)
+    assert other.status_code == missing.status_code == 404
+    assert _ids(client.get("/fhir/Observation", params={"patient": world.pid}, headers=h)) == []
+    outcome(client.get(f"/fhir/Patient/{world.pid}/$everything", headers=h), 404)
+    outcome(client.get(f"/fhir/Observation/{world.obs[0]}/_history", headers=h), 404)
+
+
+def test_a_patients_search_leaves_other_patients_logs_alone(world: World, client: Any) -> None:
+    # A patient (or a patient/-only token) can reach one compartment. A search without a patient
+    # parameter used to judge every patient's records of the type, writing a refused search by
+    # "another patient's account" into each of their access logs (a decoy's included: a false
+    # breach alert), at the cost of the whole store. It is now narrowed to that compartment first.
+    from medvault.audit import log as audit_log
+    from medvault.db import unit_of_work
+
+    def other_log() -> int:
+        with unit_of_work(world.env.factory) as session:
+            found = audit_log.for_patient(session=session, crypto=world.env.crypto, patient_id=world.other, limit=200)
+        return len(found)
+
+    before = other_log()
+    token = launch(client, world, "patient/Observation.rs patient/Practitioner.rs launch/patient")["access_token"]
+    h = bearer(token)
+    assert _ids(client.get("/fhir/Observation", headers=h)) == sorted(world.obs)
+    # Outside any compartment stays searchable.
+    assert _ids(client.get("/fhir/Practitioner", headers=h)) == [world.practitioner]
+    assert other_log() == before

@@ -114,3 +114,35 @@ def test_init_replaces_a_token_file_from_before_smart(vault_env: Any, tmp_path: 
     again = invoke("init", "--data-dir", str(s.data_dir), env=db_env(s))
     assert "already there" in again.output
     assert s.token_path.read_text().strip() == new
+
+
+def test_disabling_or_resetting_an_account_ends_its_app_tokens(vault_env: Any) -> None:
+    # Disabling an account or resetting its second factor is how an operator answers a stolen
+    # sign-in: the apps the thief approved must end too. They did not: a disabled account's tokens
+    # only paused, and came back to life (30-day refresh tokens included) when it was re-enabled;
+    # after reset-mfa they carried on.
+    from urllib.parse import urlencode
+
+    from tests.smart.support import FORM, bearer, build_world, launch
+
+    s = vault_env.settings
+    world = build_world(vault_env)
+    scope = "patient/Observation.rs launch/patient offline_access"
+    with _client(s) as client:
+        for command in (("disable",), ("reset-mfa",)):
+            client.cookies.clear()
+            token = launch(client, world, scope)
+            h = bearer(token["access_token"])
+            assert client.get(f"/fhir/Observation/{world.obs[0]}", headers=h).status_code == 200
+            for args in (command, ("enable",)) if command == ("disable",) else (command,):
+                result = invoke("user", *args, "pat@example.org", "--data-dir", str(s.data_dir), env=db_env(s))
+                assert result.exit_code == 0, result.output
+            assert client.get(f"/fhir/Observation/{world.obs[0]}", headers=h).status_code == 401
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": token["refresh_token"],
+                "client_id": world.client_id,
+            }
+            refreshed = client.post("/oauth/token", content=urlencode(form), headers=FORM)
+            assert refreshed.status_code == 400, refreshed.text
+            assert refreshed.json()["error"] == "invalid_grant"

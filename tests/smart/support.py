@@ -26,7 +26,7 @@ from tests.helpers import open_vault
 
 PASSWORD = "a long and private passphrase"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-# Sign-in refuses a POST that does not say it comes from our own origin (login CSRF).
+# A browser sends Origin with every form POST, and sign-in refuses one without it (or a Referer).
 SIGN_IN = {**FORM, "Origin": "https://testserver"}
 REDIRECT = "https://app.example.org/callback"
 

@@ -83,7 +83,8 @@ def test_tokens_and_codes_are_stored_only_as_hashes(world: World, client: Any) -
         assert row.refresh_hash == hashlib.sha256(token["refresh_token"].encode()).digest()
         # The launch patient is an identifier: sealed, not in the clear.
         assert world.pid.encode() not in row.sealed
-        assert session.scalars(select(OAuthCode)).all() == []  # used codes are gone
+        # A used code is kept, marked used, only until it expires: a replay must be recognised.
+        assert [c.challenge for c in session.scalars(select(OAuthCode))] == [""]
 
 
 def test_plain_or_missing_pkce_is_refused(world: World, client: Any) -> None:
@@ -110,10 +111,19 @@ def test_missing_or_wrong_verifier_is_refused_and_a_code_is_single_use(world: Wo
     wrong = exchange(client, world, code, pkce().verifier)
     assert wrong.status_code == 400
     assert wrong.json()["error"] == "invalid_grant"
-    assert exchange(client, world, code, p.verifier).status_code == 200
+    first = exchange(client, world, code, p.verifier)
+    assert first.status_code == 200
+    h = bearer(first.json()["access_token"])
+    assert client.get(f"/fhir/Observation/{world.obs[0]}", headers=h).status_code == 200
     again = exchange(client, world, code, p.verifier)
     assert again.status_code == 400
     assert again.json()["error"] == "invalid_grant"
+    # A code presented twice was copied: whoever got the tokens, they are revoked (RFC 6749 4.1.2,
+    # RFC 9700 4.5): the tokens of the first exchange stop working too.
+    assert client.get(f"/fhir/Observation/{world.obs[0]}", headers=h).status_code == 401
+    with unit_of_work(world.env.factory) as session:
+        entries = audit_log.for_patient(session=session, crypto=world.env.crypto, patient_id=world.pid, limit=100)
+    assert "smart-code-reuse" in [e.event["subtype"][0]["code"] for e in entries]
 
 
 def test_an_expired_code_is_refused(world: World, client: Any) -> None:
@@ -163,6 +173,12 @@ def test_state_and_audience_are_checked(world: World, client: Any) -> None:
     got = redirect_query(client.get("/oauth/authorize", params=params, follow_redirects=False))
     assert got["error"] == "invalid_request"
     assert got["state"] == params["state"]
+    # SMART 2.0 requires aud: the check that stops an app sending our tokens to a counterfeit FHIR
+    # server only works when the app names the server it means, so a missing aud is refused too.
+    params = auth_params(world, "patient/Observation.rs", pkce(), aud="")
+    assert "aud" not in params
+    got = redirect_query(client.get("/oauth/authorize", params=params, follow_redirects=False))
+    assert got["error"] == "invalid_request"
 
 
 def test_unknown_or_system_scopes_are_refused(world: World, client: Any) -> None:

@@ -88,10 +88,10 @@ def test_permits_never_exceeds_the_scope(
     letter = sc.letter_for(action, "create")
     verdict = sc.permits(scopes, rtype=asked, letter=letter, patient_id=patient, launch_patient="p1")
     covered = rtype in ("*", asked) and letter in perms
-    if not covered:
+    if level == "patient" and patient == "p2":
+        assert verdict == "outside-launch-patient"  # whatever the type: another patient is missing
+    elif not covered:
         assert verdict == "outside-scope"
-    elif level == "patient" and patient == "p2":
-        assert verdict == "outside-launch-patient"
     else:
         assert verdict == "ok"
 
@@ -145,3 +145,30 @@ def test_policy_narrows_by_scope() -> None:
     # A scope never widens: no grant, no access, whatever the token says.
     stranger = _decide("user/*.cruds", patient="p9")
     assert stranger.reason == "no-grant-in-force"
+
+
+@pytest.mark.parametrize("level", ["patient", "user", "system"])
+def test_a_wildcard_never_writes_a_consent(level: str) -> None:
+    wildcard = sc.parse(f"{level}/*.cruds")
+    for letter in "cud":
+        assert not sc.type_permitted(wildcard, rtype="Consent", letter=letter)
+        assert sc.type_permitted(wildcard, rtype="Observation", letter=letter)
+    for letter in "rs":
+        assert sc.type_permitted(wildcard, rtype="Consent", letter=letter)
+    named = sc.parse(f"{level}/Consent.cud")
+    assert all(sc.type_permitted(named, rtype="Consent", letter=c) for c in "cud")
+
+
+def test_outside_the_launch_patient_is_missing_whatever_the_type() -> None:
+    # A patient/-only token launched for p2: the clinician's other patient p1 is hidden as missing
+    # for every type. A type outside the scopes used to get a 403 there, telling the app that the
+    # id exists in a record it was never given.
+    for scope in ("patient/Observation.rs", "patient/Condition.rs", "patient/Observation.c"):
+        for action in ("read", "write"):
+            decision = _decide(scope, action=action, launch="p2")
+            assert decision.reason == "outside-launch-patient", (scope, action)
+            assert decision.hide_as_missing
+    # With a user/ scope the account's own reach applies: outside the scopes is an open 403.
+    assert _decide("patient/Observation.rs user/Condition.rs", action="write", launch="p2").reason == (
+        "outside-token-scope"
+    )

@@ -59,3 +59,58 @@ def test_my_apps_needs_a_session(world: World, client: Any) -> None:
     response = client.get("/me/apps", follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"] == "/login"
+
+
+def test_the_approval_page_cannot_be_framed(world: World, client: Any) -> None:
+    # Clickjacking: a page of another site framing the approval page could steer the patient's
+    # click onto "Allow". Its CSP is rewritten (form-action gains the app's origin): the rewrite
+    # must keep frame-ancestors 'none', and X-Frame-Options covers browsers without CSP 3.
+    from tests.smart.support import auth_params, pkce, sign_in
+
+    sign_in(client, world)
+    page = client.get("/oauth/authorize", params=auth_params(world, "patient/Observation.rs", pkce()))
+    assert page.status_code == 200, page.text
+    csp = [d.strip() for d in page.headers["content-security-policy"].split(";")]
+    assert "frame-ancestors 'none'" in csp
+    assert "form-action 'self' https://app.example.org" in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["cache-control"] == "no-store"
+    # The person sees where the answer goes, not only the name the app was registered under.
+    assert "<strong>app.example.org</strong>" in page.text
+
+
+def test_a_clinician_opening_the_approval_page_leaves_other_patients_logs_alone(world: World, client: Any) -> None:
+    # Choosing the launch patient lists the patients who granted this clinician. It used to search
+    # every Consent in the store as the clinician, so each patient with any grant (to anyone) got a
+    # refused search by this clinician in "who accessed my record", on every page load.
+    from datetime import UTC, datetime
+
+    from medvault.access.consent import consent_resource
+    from medvault.records import service
+    from tests.helpers import open_vault
+    from tests.smart.support import auth_params, pkce, sign_in
+
+    with open_vault(world.env) as v:
+        elsewhere = service.create(vault=v, resource={"resourceType": "Practitioner", "name": [{"family": "B"}]}).rid
+        grant = consent_resource(
+            patient_id=world.other,
+            grantee=f"Practitioner/{elsewhere}",
+            resource_types=None,
+            sensitive=frozenset(),
+            start=None,
+            end=None,
+            now=datetime.now(UTC),
+        )
+        service.create(vault=v, resource=grant)
+
+    def other_log() -> list[Any]:
+        with unit_of_work(world.env.factory) as session:
+            return audit_log.for_patient(session=session, crypto=world.env.crypto, patient_id=world.other, limit=100)
+
+    before = len(other_log())
+    sign_in(client, world, clinician=True)
+    page = client.get("/oauth/authorize", params=auth_params(world, "patient/*.rs launch/patient", pkce()))
+    assert page.status_code == 200, page.text
+    assert f'value="{world.pid}"' in page.text
+    assert world.other not in page.text
+    assert len(other_log()) == before

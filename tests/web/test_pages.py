@@ -16,7 +16,7 @@ from medvault.auth.passwords import Hasher
 from medvault.db import unit_of_work
 from medvault.records import service
 from medvault.web.pages import COOKIE, CSP
-from tests.helpers import open_vault
+from tests.helpers import open_vault, post_streamed
 
 PASSWORD = "a long and private passphrase"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -514,3 +514,25 @@ def test_sign_in_hashes_on_the_bounded_pool_holding_no_database_lock(
     assert len(seen) == 2
     assert all(name.startswith("medvault-argon2") for name, _ in seen), seen
     assert [problem for _, problem in seen] == [None, None]
+
+
+# -- form bodies are read only up to their limit --------------------------------------------------
+
+_CHUNK = 4096
+_CHUNKS = 1024  # 4 MiB offered; the limit is 16 KiB
+
+
+@pytest.mark.parametrize("path", ["/login", "/logout", "/oauth/authorize", "/oauth/token", "/oauth/revoke"])
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_huge_form_is_refused_without_reading_it_all(vault_env: Any, path: str, declared: bool) -> None:
+    # Unauthenticated endpoints: reading a whole body before checking its size let anyone make the
+    # server buffer gigabytes in memory (no proxy in front sets a limit for us).
+    from medvault.api.app import create_app
+
+    app = create_app(vault_env.settings)
+    headers = {"origin": "https://testserver", "content-type": "application/x-www-form-urlencoded"}
+    length = _CHUNK * _CHUNKS if declared else None
+    status, read = post_streamed(app, path, headers=headers, chunk=_CHUNK, chunks=_CHUNKS, content_length=length)
+    assert status in (400, 413), status
+    # A declared length over the limit is refused before reading; an undeclared one at the limit.
+    assert read == 0 if declared else read <= 16 * 1024 // _CHUNK + 1, read

@@ -344,6 +344,15 @@ def with_vault(fn: H) -> H:
     return run  # type: ignore[return-value]
 
 
+async def capped_body(request: Request) -> bytes:
+    """The body, read only up to the FHIR size limit: `request.body()` would buffer whatever a
+    token holder sends before the limit could be looked at."""
+    raw = await pages.read_capped(request, fhir_parse.MAX_BODY_BYTES)
+    if raw is None:
+        raise InvalidResource([Issue("too-costly", f"body larger than {fhir_parse.MAX_BODY_BYTES} bytes")])
+    return raw
+
+
 def _install_routes(app: FastAPI, state: AppState) -> None:
 
     def base(request: Request) -> str:
@@ -353,7 +362,7 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in JSON_TYPES:
             raise UnsupportedMediaType("Content-Type must be application/fhir+json")
-        return fhir_parse.parse_json(await request.body())
+        return fhir_parse.parse_json(await capped_body(request))
 
     def strict(request: Request) -> bool:
         return "handling=lenient" not in request.headers.get("prefer", "")
@@ -519,7 +528,7 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         # Parsed here: Starlette's request.form() needs python-multipart (not a dependency) and
         # failed with a 500 without it. R4 only defines application/x-www-form-urlencoded here.
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        raw = await request.body()
+        raw = await capped_body(request)
         if raw and ctype != "application/x-www-form-urlencoded":
             raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
         try:

@@ -19,6 +19,7 @@ from medvault.smart import tokens
 from medvault.smart.idtoken import IdTokenSigner
 from medvault.smart.server import HttpRequest, OAuthResponse, SmartServer
 from medvault.store.crypto_context import CryptoContext
+from medvault.web.pages import read_capped
 
 MAX_FORM = 16 * 1024
 SCOPES_SUPPORTED = [
@@ -85,8 +86,8 @@ async def form_pairs(request: Request) -> list[tuple[str, str]] | None:
     """The urlencoded body (RFC 6749 requires that format), or None when it is not one."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
         return None
-    raw = await request.body()
-    if len(raw) > MAX_FORM:
+    raw = await read_capped(request, MAX_FORM)
+    if raw is None:
         return None
     try:
         return parse_qsl(raw.decode(), keep_blank_values=True)

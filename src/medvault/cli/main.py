@@ -346,16 +346,28 @@ def user_list(data_dir: DataDir = None, database_url: DbUrl = None, key_dir: Key
     console.print(table)
 
 
-def _account_change(login: str, settings: Settings, change: Callable[..., str], *, done: str, command: str) -> None:
+def _account_change(
+    login: str,
+    settings: Settings,
+    change: Callable[..., str],
+    *,
+    done: str,
+    command: str,
+    end_app_tokens: bool = False,
+) -> None:
     """One account change in one transaction, then one line on the terminal and one in the log
-    (the account id only, never the login name: it may be an e-mail address)."""
+    (the account id only, never the login name: it may be an e-mail address). `end_app_tokens`:
+    the account's SMART app tokens are revoked in the same transaction."""
     from medvault.db import unit_of_work
+    from medvault.smart import tokens
 
     logs.setup(settings.log_path)
     engine, factory, crypto = _open(settings)
     try:
         with unit_of_work(factory) as session:
             account_id = change(session=session, crypto=crypto, login=login)
+            if end_app_tokens:
+                tokens.revoke_account(session=session, crypto=crypto, account_id=account_id, now=tokens.utcnow())
     finally:
         engine.dispose()
     console.print(done.format(account_id=account_id))
@@ -370,12 +382,13 @@ def user_disable(
     database_url: DbUrl = None,
     key_dir: KeyDir = None,
 ) -> None:
-    """Disable an account; its sessions end at once."""
+    """Disable an account; its sessions and its apps' tokens end at once."""
     from medvault.auth import accounts
 
     change = functools.partial(accounts.set_disabled, disabled=True)
     settings = settings_for(data_dir, database_url, key_dir)
-    _account_change(login, settings, change, done="disabled account {account_id}", command="disable")
+    done = "disabled account {account_id}"
+    _account_change(login, settings, change, done=done, command="disable", end_app_tokens=True)
 
 
 @user_app.command("enable")
@@ -406,8 +419,8 @@ def user_reset_mfa(
     from medvault.auth import accounts
 
     settings = settings_for(data_dir, database_url, key_dir)
-    done = "second factor reset for account {account_id}; its sessions have ended"
-    _account_change(login, settings, accounts.reset_mfa, done=done, command="reset-mfa")
+    done = "second factor reset for account {account_id}; its sessions and app tokens have ended"
+    _account_change(login, settings, accounts.reset_mfa, done=done, command="reset-mfa", end_app_tokens=True)
 
 
 @audit_app.command("checkpoint")

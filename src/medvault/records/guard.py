@@ -247,6 +247,24 @@ class Visibility:
             )
 
 
+def sole_compartment(vault: Vault) -> str | None:
+    """The one patient compartment this caller can reach, when there is exactly one: a patient's
+    own, or the launch patient of an app token whose scopes are all patient/ ones. The policy
+    refuses every other compartment to such a caller, so a search is narrowed to it before any
+    decision: judging everyone's records would log a refused search in every other patient's
+    access log (and fire a decoy's alert) for a patient who only asked for their own."""
+    caller = caller_of(vault)
+    actor = caller.actor
+    if actor is None:
+        return None
+    if actor.role == "patient" and actor.patient_id is not None:
+        return actor.patient_id
+    scopes = caller.scopes
+    if scopes is not None and scopes.resources and all(s.level == "patient" for s in scopes.resources):
+        return caller.launch_patient
+    return None
+
+
 def check_scope_for_type(vault: Vault, *, rtype: str, action: Action, interaction: str) -> None:
     """A search (or history) of a whole type through an app token whose scopes do not cover that
     type at all is refused up front (403, logged) rather than answered with an empty page that

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from medvault.crypto.indexes import normalise
@@ -55,6 +55,8 @@ class _Plan:
     offset: int = 0
     sort: tuple[str, bool] | None = None  # (param, descending)
     used: list[tuple[str, str]] = field(default_factory=list)
+    # The one compartment the caller can reach (its pseudonym): other patients' rows are not read.
+    compartment: bytes | None = None
 
 
 def _int(name: str, raw: str, lo: int, hi: int) -> int:
@@ -251,6 +253,8 @@ def run(vault: Vault, p: _Plan, *, visible: Callable[[dict[str, Any]], bool] | N
     conds: list[ColumnElement[bool]] = [Resource.rtype == p.rtype, Resource.deleted.is_(False)]
     if p.links is not None:
         conds.append(Resource.patient_link.in_(sorted(p.links)))
+    if p.compartment is not None:
+        conds.append(or_(Resource.patient_link.is_(None), Resource.patient_link == p.compartment))
     for prefix, (low, high) in p.updated:
         conds.append(_updated_cond(prefix, low, high))
     heads: list[tuple[str, datetime]] = []
@@ -334,5 +338,12 @@ def search(
     *,
     strict: bool = True,
     visible: Callable[[dict[str, Any]], bool] | None = None,
+    compartment: str | None = None,
 ) -> SearchResult:
-    return run(vault, plan(vault, rtype, params, strict=strict), visible=visible)
+    """`compartment`: a patient id when the caller can reach no other patient's records (what
+    `visible` would refuse anyway is not read, judged or logged); resources outside any
+    compartment are still searched."""
+    p = plan(vault, rtype, params, strict=strict)
+    if compartment is not None:
+        p.compartment = vault.crypto.indexer.pseudonym(compartment)
+    return run(vault, p, visible=visible)

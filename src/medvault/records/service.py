@@ -34,6 +34,7 @@ __all__ = [
     "delete",
     "everything",
     "granted_patients",
+    "granting",
     "history",
     "read",
     "search",
@@ -305,7 +306,8 @@ def search(
     _check_type(rtype)
     guard.check_scope_for_type(vault, rtype=rtype, action="search", interaction="search-type")
     visibility = guard.Visibility(vault, action="search", interaction="search-type")
-    result = record_search.search(vault, rtype, params, strict=strict, visible=visibility)
+    only = guard.sole_compartment(vault)
+    result = record_search.search(vault, rtype, params, strict=strict, visible=visibility, compartment=only)
     visibility.audit()
     return result
 
@@ -327,9 +329,21 @@ def granted_patients(*, vault: Vault, now: datetime, limit: int = 500) -> list[G
     current grants, so an old one must not log a refusal in that patient's access log. (No
     `period` search here: a grant without an end has no period, and FHIR date search never
     matches a missing element.)"""
+    best = granting(vault=vault, now=now, limit=limit)
+    if not best:
+        return []
+    patients = search(
+        vault=vault, rtype="Patient", params=[("_id", ",".join(sorted(best))), ("_count", str(len(best)))]
+    ).resources
+    return [GrantedPatient(patient=p, grant=best[str(p["id"])]) for p in patients if str(p.get("id")) in best]
+
+
+def granting(*, vault: Vault, now: datetime, limit: int = 500) -> dict[str, Grant]:
+    """The grants in force naming the calling clinician's Practitioner, by patient id (the one
+    ending last when there are several); see `granted_patients`, which adds the Patients."""
     actor = guard.caller_of(vault).actor
     if actor is None or actor.role != "clinician" or actor.practitioner_id is None:
-        return []
+        return {}
     grantee = f"Practitioner/{actor.practitioner_id}"
 
     def current(consent: dict[str, Any]) -> bool:
@@ -352,12 +366,7 @@ def granted_patients(*, vault: Vault, now: datetime, limit: int = 500) -> list[G
         held = best.get(grant.patient_id)
         if held is None or (held.end is not None and (grant.end is None or grant.end > held.end)):
             best[grant.patient_id] = grant
-    if not best:
-        return []
-    patients = search(
-        vault=vault, rtype="Patient", params=[("_id", ",".join(sorted(best))), ("_count", str(len(best)))]
-    ).resources
-    return [GrantedPatient(patient=p, grant=best[str(p["id"])]) for p in patients if str(p.get("id")) in best]
+    return best
 
 
 def everything(*, vault: Vault, patient_id: str) -> list[dict[str, Any]]:
@@ -435,6 +444,9 @@ def access_log(
             reason=decision.reason,
             message="an access log is shown to its patient only",
         )
+    # Through an app, the token must cover AuditEvent too: the log says who looked and when, which
+    # an app granted (say) only the patient's Observations has no business reading.
+    guard.check_scope_for_type(vault, rtype="AuditEvent", action="search", interaction="search-type")
     entries = audit_log.for_patient(
         session=vault.session, crypto=vault.crypto, patient_id=patient_id, limit=count + 1, before=before
     )

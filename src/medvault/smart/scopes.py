@@ -23,6 +23,10 @@ CONTEXT_SCOPES: Final[frozenset[str]] = frozenset({"launch/patient", "openid", "
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _RESOURCE = re.compile(r"^(patient|user|system)/([A-Za-z]{1,64}|\*)\.([a-z]{1,5}|read|write|\*)$")
 MAX_SCOPES = 64
+# Types a wildcard scope reads but never writes: a Consent decides who else may see the record,
+# so an app the patient let "add and change your records" must not share the record (sensitive
+# parts included, for longer than its own tokens live). Only a scope naming the type writes it.
+NAMED_WRITES_ONLY: Final[frozenset[str]] = frozenset({"Consent"})
 
 
 class InvalidScope(ValueError):
@@ -40,6 +44,8 @@ class ResourceScope:
         return f"{self.level}/{self.rtype}.{self.perms}"
 
     def covers(self, rtype: str, letter: str) -> bool:
+        if self.rtype == "*" and rtype in NAMED_WRITES_ONLY and letter in "cud":
+            return False
         return self.rtype in ("*", rtype) and letter in self.perms
 
 
@@ -136,6 +142,11 @@ def permits(scopes: Scopes, *, rtype: str, letter: str, patient_id: str | None, 
     A ``patient/`` scope reaches only the launch patient's compartment, and resources outside any
     compartment (directories such as Practitioner); ``user/`` and ``system/`` scopes reach whatever
     the account itself may reach."""
+    only_patient = all(s.level == "patient" for s in scopes.resources)
+    if only_patient and patient_id is not None and patient_id != launch_patient:
+        # Judged before the type: a 403 for a type outside the scopes would tell the app that the
+        # id exists in a compartment it was never given; there everything is missing.
+        return "outside-launch-patient"
     matching = [s for s in scopes.resources if s.covers(rtype, letter)]
     if not matching:
         return "outside-scope"

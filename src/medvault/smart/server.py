@@ -242,7 +242,8 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
             )
         except accounts.AccountNotFound:
             return None
-        return _User(actor, found.patient, found.granted, nonce=found.nonce)
+        # The family is derived from the code: a replay of the code revokes what it was exchanged for.
+        return _User(actor, found.patient, found.granted, tokens.code_family(found.code_hash), nonce=found.nonce)
 
 
 class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]

@@ -189,9 +189,21 @@ def save_code(
     session.flush()
 
 
+# The `challenge` of a code already exchanged. The row stays until the code would have expired, so
+# that a second exchange is recognised as a replay rather than as an unknown code.
+_USED: Final = ""
+
+
+def code_family(code_hash: bytes) -> str:
+    """The token family a code is exchanged for: derived from the code, so a replay finds it."""
+    return code_hash.hex()[:32]
+
+
 def find_code(*, session: Session, crypto: CryptoContext, code: str, client_id: str, now: datetime) -> CodeGrant | None:
     """The live code issued to this client, locked for this transaction (PostgreSQL; SQLite writers
-    are exclusive): two exchanges of one code cannot both succeed. An expired one is deleted."""
+    are exclusive): two exchanges of one code cannot both succeed. An expired one is deleted.
+    A code exchanged already was copied: the tokens it was exchanged for are revoked (RFC 6749
+    4.1.2) and the replay is logged."""
     if not code or len(code) > 256:
         return None
     code_hash = digest(code)
@@ -200,6 +212,23 @@ def find_code(*, session: Session, crypto: CryptoContext, code: str, client_id: 
         return None
     if row.expires <= now:
         session.delete(row)
+        return None
+    if row.challenge == _USED:
+        revoke_family(session=session, family=code_family(code_hash), now=now)
+        try:
+            actor: Actor | None = accounts.actor_for(session=session, crypto=crypto, account_id=row.account_id)
+        except accounts.AccountNotFound:
+            actor = None
+        patient = _open(session, crypto, "code", code_hash, row.sealed).get("patient")
+        audit(
+            session=session,
+            crypto=crypto,
+            actor=actor,
+            client_id=row.client_id,
+            what="code-reuse",
+            patient_id=patient,
+            ok=False,
+        )
         return None
     if row.client_id != client_id:
         return None
@@ -218,11 +247,12 @@ def find_code(*, session: Session, crypto: CryptoContext, code: str, client_id: 
 
 
 def use_code(*, session: Session, code_hash: bytes) -> bool:
-    """Delete the code (single use). False when it was gone already (a concurrent exchange)."""
+    """Mark the code used (single use; `find_code` treats another exchange as a replay). False
+    when it was gone or used already (a concurrent exchange)."""
     row = session.get(OAuthCode, code_hash)
-    if row is None:
+    if row is None or row.challenge == _USED:
         return False
-    session.delete(row)
+    row.challenge = _USED
     session.flush()
     return True
 
@@ -501,9 +531,22 @@ def revoke_app(*, session: Session, crypto: CryptoContext, actor: Actor, client_
     return count
 
 
+def revoke_account(*, session: Session, crypto: CryptoContext, account_id: str, now: datetime) -> int:
+    """End every app token of an account, by the operator: disabling an account or resetting its
+    second factor answers a stolen sign-in, and the apps the thief approved must end with it (a
+    disabled account's tokens would otherwise only pause, and live again on re-enabling)."""
+    result = session.execute(
+        update(OAuthToken).where(OAuthToken.account_id == account_id, OAuthToken.revoked.is_(None)).values(revoked=now)
+    )
+    count = int(getattr(result, "rowcount", 0) or 0)
+    if count:
+        audit(session=session, crypto=crypto, actor=None, client_id=None, what="revoke", patient_id=None, ok=True)
+    return count
+
+
 # -- audit -------------------------------------------------------------------------------------
 
-AuditWhat = Literal["approve", "deny", "token-issue", "refresh-reuse", "revoke"]
+AuditWhat = Literal["approve", "deny", "token-issue", "refresh-reuse", "code-reuse", "revoke"]
 
 
 def audit(

@@ -294,7 +294,8 @@ class OAuthClient(Base):
 
 
 class OAuthCode(Base):
-    """An authorization code, as the SHA-256 of the code; deleted when used. `sealed` holds the
+    """An authorization code, as the SHA-256 of the code; marked used (empty `challenge`) when
+    exchanged and kept until it expires, so that a replay is recognised. `sealed` holds the
     granted scope and the launch patient (an identifier: never in the clear)."""
 
     __tablename__ = "oauth_code"

@@ -16,7 +16,6 @@ from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from medvault.access.consent import grant_from_consent
 from medvault.auth import sessions
 from medvault.db import unit_of_work
 from medvault.fhir.types import is_fhir_id
@@ -48,13 +47,13 @@ def _patient_name(doc: dict[str, Any]) -> str:
 
 
 def _granting_patients(deps: pages.PageDeps, actor: Actor, address: str | None) -> list[_Choice]:
-    """The patients whose grant to this clinician is in force now, read as the clinician (the
-    policy shows a clinician only the Consents naming them)."""
+    """The patients whose grant to this clinician is in force now, read as the clinician. Through
+    the keyed grantee search (`service.granting`): a search of every Consent would judge, and log
+    as a refused search by this clinician, every other patient's grants on each page load."""
     caller = guard.Caller(actor=actor, via="page", address=address)
     now = datetime.now(UTC)
     with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
-        consents = service.search(vault=vault, rtype="Consent", params=[("_count", "1000")]).resources
-        ids = sorted({g.patient_id for g in map(grant_from_consent, consents) if g is not None and g.in_force(now)})
+        ids = sorted(service.granting(vault=vault, now=now))
         choices = []
         for pid in ids:
             try:
@@ -105,7 +104,9 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
                 grant = server.get_consent_grant(req, end_user=actor)
                 data = grant.request.payload.data
                 aud = data.get("aud")
-                if aud is not None and aud.rstrip("/") != server.issuer:
+                if not aud or aud.rstrip("/") != server.issuer:
+                    # SMART 2.0 requires aud: the app names the FHIR server it means to use the token
+                    # with, so a token meant for a counterfeit server is never issued. Missing = wrong.
                     raise InvalidRequestError("'aud' is not this FHIR server", redirect_uri=grant.redirect_uri)
                 if not data.get("state"):
                     # SMART App Launch 2.0 requires it: the app's defence against a forged callback.
@@ -121,10 +122,13 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
         if needs_patient and actor.role == "clinician":
             choices = _granting_patients(deps, actor, address(request))
         if form is None:
+            target = urlsplit(grant.redirect_uri)
             response = pages.page(
                 "authorize.html",
                 live=live,
                 app=client.info.name,
+                # Where the code goes (the registered redirect URI's host): a name alone can be anyone's.
+                destination=target.hostname or target.netloc,
                 items=_describe(scopes, own=actor.role == "patient"),
                 params=params,
                 choose=needs_patient and actor.role == "clinician",
@@ -133,7 +137,6 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
                 no_patients=needs_patient and actor.role == "clinician" and not choices,
             )
             # The approval form redirects to the app: let the form's redirect reach its origin.
-            target = urlsplit(grant.redirect_uri)
             response.headers["Content-Security-Policy"] = pages.CSP.replace(
                 "form-action 'self'", f"form-action 'self' {target.scheme}://{target.netloc}"
             )

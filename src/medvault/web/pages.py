@@ -127,6 +127,24 @@ def _same_origin(request: Request, *, required: bool = False) -> bool:
     return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
+async def read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None when it is over `limit` bytes. `request.body()` buffers whatever a client
+    sends before anyone can look at its size (a memory exhaustion for anyone, signed in or not):
+    a declared Content-Length over the limit is refused unread, an undeclared length is read only
+    until it passes the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _form(request: Request) -> dict[str, str]:
     """The form's fields (the last value of a repeated name; see `_form_pairs` for all)."""
     return dict(await _form_pairs(request))
@@ -135,8 +153,8 @@ async def _form(request: Request) -> dict[str, str]:
 async def _form_pairs(request: Request) -> list[tuple[str, str]]:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
         raise PageRefused(415, "forms are sent as application/x-www-form-urlencoded")
-    raw = await request.body()
-    if len(raw) > _MAX_FORM:
+    raw = await read_capped(request, _MAX_FORM)
+    if raw is None:
         raise PageRefused(413, "form too large")
     try:
         return parse_qsl(raw.decode(), keep_blank_values=True)
