@@ -157,3 +157,24 @@ def test_no_bearer_needed_and_openapi_says_public(client: TestClient) -> None:
     body = schema["paths"]["/shl/m/{link_id}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["recipient"]
     assert json.dumps(body)
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_huge_manifest_request_is_refused_without_reading_it_all(vault_env: Any, declared: bool) -> None:
+    # Public and unauthenticated: buffering a whole body before checking its size would let anyone
+    # make the server hold gigabytes in memory.
+    from medvault.api.app import create_app
+    from tests.helpers import post_streamed
+
+    app = create_app(vault_env.settings)
+    chunk, chunks = 4096, 1024  # 4 MiB offered; the limit is 16 KiB
+    status, read = post_streamed(
+        app,
+        "/shl/m/" + "A" * 43,
+        headers={"content-type": "application/json"},
+        chunk=chunk,
+        chunks=chunks,
+        content_length=chunk * chunks if declared else None,
+    )
+    assert status == 400
+    assert read == 0 if declared else read <= 16 * 1024 // chunk + 1, read

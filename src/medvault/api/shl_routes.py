@@ -21,6 +21,7 @@ from medvault.auth.passwords import Hasher
 from medvault.emergency import links
 from medvault.emergency.errors import ShlPasscodeError, ShlUnavailable
 from medvault.store.crypto_context import CryptoContext
+from medvault.web.pages import read_capped
 from medvault.web.shl_viewer import VIEWER_HEADERS, render_viewer
 
 MAX_BODY = 16 * 1024
@@ -59,9 +60,10 @@ def install(app: FastAPI, deps: ShlDeps) -> None:
 
     @app.post("/shl/m/{link_id}", include_in_schema=False)
     async def manifest(request: Request, link_id: str) -> Response:
-        raw = await request.body()
+        # Public and unauthenticated: read at most MAX_BODY bytes, never the whole of what is sent.
+        raw = await read_capped(request, MAX_BODY)
         try:
-            body = orjson.loads(raw) if len(raw) <= MAX_BODY else None
+            body = orjson.loads(raw) if raw is not None else None
         except orjson.JSONDecodeError:
             body = None
         if not isinstance(body, dict):
