@@ -379,3 +379,56 @@ def test_granted_patients_lists_grants_in_force_only_and_logs_the_look_up(world:
         service.update(vault=v, rtype="Consent", rid=world.consent, resource=revoked(current))
     with acting(world.env, clinician(world.dr1)) as v:
         assert service.granted_patients(vault=v, now=now) == []
+
+
+def test_a_grant_to_an_organization_counts_for_its_clinicians(world: World) -> None:
+    """A patient may share with a practice rather than one doctor: the grant names the Organization,
+    and counts for a clinician whose PractitionerRole there is active and in its period."""
+    now = datetime.now(UTC)
+    with open_vault(world.env) as v:
+        org = service.create(vault=v, resource={"resourceType": "Organization", "name": "Practice"}).rid
+        other_org = service.create(vault=v, resource={"resourceType": "Organization", "name": "Elsewhere"}).rid
+
+        def role(prid: str, org_id: str, **extra: Any) -> None:
+            service.create(
+                vault=v,
+                resource={
+                    "resourceType": "PractitionerRole",
+                    "practitioner": {"reference": f"Practitioner/{prid}", "display": "Dr"},
+                    "organization": {"reference": f"Organization/{org_id}"},
+                    **extra,
+                },
+            )
+
+        role(world.dr2, org, active=True)
+        role(world.dr1, org, active=False)  # left the practice
+        role(world.dr1, other_org, active=True)
+    grant = consent_resource(
+        patient_id=world.bob,
+        grantee=f"Organization/{org}",
+        resource_types=None,
+        sensitive=frozenset(),
+        start=None,
+        end=None,
+        now=now,
+    )
+    with acting(world.env, patient(world.bob)) as v:
+        service.create(vault=v, resource=grant)
+
+    with acting(world.env, clinician(world.dr2)) as v:
+        assert service.read(vault=v, rtype="Observation", rid=world.bob_obs)["id"] == world.bob_obs
+        listed = service.granted_patients(vault=v, now=now)
+    assert [p.patient["id"] for p in listed] == [world.bob]
+    with pytest.raises(Hidden), acting(world.env, clinician(world.dr1)) as v:  # an inactive role does not count
+        service.read(vault=v, rtype="Observation", rid=world.bob_obs)
+
+    # A role outside its period does not count either.
+    with open_vault(world.env) as v:
+        found = service.search(
+            vault=v, rtype="PractitionerRole", params=[("practitioner", f"Practitioner/{world.dr2}")]
+        )
+        (current,) = found.resources
+        current["period"] = {"end": (now - timedelta(days=1)).isoformat()}
+        service.update(vault=v, rtype="PractitionerRole", rid=current["id"], resource=current, if_match=None)
+    with pytest.raises(Hidden), acting(world.env, clinician(world.dr2)) as v:
+        service.read(vault=v, rtype="Observation", rid=world.bob_obs)

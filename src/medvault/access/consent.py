@@ -340,3 +340,36 @@ def _parse_instant(raw: object) -> datetime | None:
     except ValueError:
         return None
     return value if value.tzinfo is not None and value.utcoffset() is not None else None
+
+
+def organizations_of_roles(*, roles: list[dict[str, Any]], practitioner_id: str, now: datetime) -> frozenset[str]:
+    """The organisations a practitioner works for, from their PractitionerRoles: a grant naming one
+    of them counts as the practitioner's. Fail closed: a role that is inactive, outside its period,
+    for someone else, or with a period that cannot be read as instants does not count."""
+    require_aware(now, what="now")
+    found: set[str] = set()
+    for role in roles:
+        if not isinstance(role, dict) or role.get("resourceType") != "PractitionerRole":
+            continue
+        if role.get("active") is False:
+            continue
+        if _role_reference(role.get("practitioner"), "Practitioner") != practitioner_id:
+            continue
+        if "period" in role:
+            bounds = _period(role.get("period"))
+            if bounds is None:
+                continue
+            start, end = bounds
+            if (start is not None and now < start) or (end is not None and now >= end):
+                continue
+        org = _role_reference(role.get("organization"), "Organization")
+        if org is not None:
+            found.add(org)
+    return frozenset(found)
+
+
+def _role_reference(value: object, resource_type: str) -> str | None:
+    # A directory resource's references usually carry a display as well: only the reference counts.
+    if not isinstance(value, dict):
+        return None
+    return _reference({"reference": value.get("reference")}, resource_type)

@@ -134,6 +134,12 @@ SEARCH_PARAMS: dict[str, dict[str, Param]] = {
         "actor": _p("actor", "reference", "provision.actor.reference"),
         "period": _p("period", "date", "provision.period"),
     },
+    "PractitionerRole": {
+        # Which organisations a clinician works for: a grant naming one counts as theirs.
+        "practitioner": _p("practitioner", "reference", "practitioner"),
+        "organization": _p("organization", "reference", "organization"),
+        "active": _p("active", "token", "active"),
+    },
     "Goal": {
         "category": _p("category", "token", "category"),
         "lifecycle-status": _p("lifecycle-status", "token", "lifecycleStatus"),

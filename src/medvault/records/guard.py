@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from medvault.access.consent import Grant, grant_from_consent
+from medvault.access.consent import Grant, grant_from_consent, organizations_of_roles
 from medvault.access.labels import sensitive_labels
 from medvault.access.policy import Action, Decision, decide
 from medvault.audit import alerts
@@ -123,6 +123,26 @@ def _grants(vault: Vault, patient_id: str) -> list[Grant]:
     return cache.by_patient[patient_id]
 
 
+def organizations_of(vault: Vault, now: datetime | None = None) -> frozenset[str]:
+    """The calling clinician's organisations (from their PractitionerRoles), read once per unit of
+    work: a patient's grant naming one of them counts as a grant to the clinician."""
+    actor = caller_of(vault).actor
+    if actor is None or actor.role != "clinician" or actor.practitioner_id is None:
+        return frozenset()
+    info = vault.session.info
+    if "medvault_organizations" not in info:
+        found = record_search.search(
+            vault,
+            "PractitionerRole",
+            [("practitioner", f"Practitioner/{actor.practitioner_id}"), ("_count", "1000")],
+        )
+        info["medvault_organizations"] = organizations_of_roles(
+            roles=found.resources, practitioner_id=actor.practitioner_id, now=now or datetime.now(UTC)
+        )
+    orgs: frozenset[str] = info["medvault_organizations"]
+    return orgs
+
+
 def decision_for(
     vault: Vault,
     *,
@@ -150,6 +170,7 @@ def decision_for(
         grants=grants,
         now=now or datetime.now(UTC),
         consent_grant=consent_grant,
+        organization_ids=organizations_of(vault) if caller.actor.role == "clinician" else frozenset(),
         scopes=caller.scopes,
         launch_patient=caller.launch_patient,
         interaction=interaction,

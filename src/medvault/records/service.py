@@ -339,24 +339,28 @@ def granted_patients(*, vault: Vault, now: datetime, limit: int = 500) -> list[G
 
 
 def granting(*, vault: Vault, now: datetime, limit: int = 500) -> dict[str, Grant]:
-    """The grants in force naming the calling clinician's Practitioner, by patient id (the one
-    ending last when there are several); see `granted_patients`, which adds the Patients."""
+    """The grants in force naming the calling clinician's Practitioner or one of their
+    organisations, by patient id (the one ending last when there are several); see
+    `granted_patients`, which adds the Patients."""
     actor = guard.caller_of(vault).actor
     if actor is None or actor.role != "clinician" or actor.practitioner_id is None:
         return {}
-    grantee = f"Practitioner/{actor.practitioner_id}"
+    grantees = [f"Practitioner/{actor.practitioner_id}"]
+    grantees += [f"Organization/{org}" for org in sorted(guard.organizations_of(vault, now))]
 
     def current(consent: dict[str, Any]) -> bool:
         grant = grant_from_consent(consent)
-        return grant is not None and grant.grantee == grantee and grant.in_force(now)
+        return grant is not None and grant.grantee in grantees and grant.in_force(now)
 
     visibility = guard.Visibility(vault, action="search", interaction="search-type")
-    consents = record_search.search(
-        vault,
-        "Consent",
-        [("actor", grantee), ("status", "active"), ("_count", str(min(limit, record_search.MAX_COUNT)))],
-        visible=lambda doc: current(doc) and visibility(doc),
-    ).resources
+    consents: list[dict[str, Any]] = []
+    for grantee in grantees:
+        consents += record_search.search(
+            vault,
+            "Consent",
+            [("actor", grantee), ("status", "active"), ("_count", str(min(limit, record_search.MAX_COUNT)))],
+            visible=lambda doc: current(doc) and visibility(doc),
+        ).resources
     visibility.audit()
     best: dict[str, Grant] = {}
     for consent in consents:
