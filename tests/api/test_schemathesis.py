@@ -17,7 +17,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -36,6 +36,7 @@ from schemathesis.openapi.checks import IgnoredAuth
 from schemathesis.specs.openapi.checks import ignored_auth
 
 from medvault.access.consent import consent_resource
+from medvault.access.policy import SHARED_TYPES
 from medvault.api import openapi
 from medvault.api.app import create_app
 from medvault.auth import accounts, totp
@@ -43,6 +44,9 @@ from medvault.auth.passwords import Hasher
 from medvault.db import unit_of_work
 from medvault.records import bundles as record_bundles
 from medvault.records import service
+from medvault.records.errors import Gone
+from medvault.smart import scopes as smart_scopes
+from medvault.smart import tokens as smart_tokens
 from medvault.web.pages import COOKIE
 from tests.api.support import fresh_settings
 from tests.api.synthea import load, subset_files
@@ -63,12 +67,18 @@ FOCUS_TYPES = ["Patient", "Observation", "Encounter", "Condition", "Consent", "A
 CSRF_WITHHELD = frozenset({"/logout"})
 # Marks the stranger's own record: seen on its pages, it is no leak.
 OWN_TEXT = "stranger own reading 4711"
+# SMART scopes of the actors' app tokens: as broad as each may ask for (a patient's app: its own
+# record, every interaction; a clinician's: read and search whatever the clinician may).
+STRANGER_SCOPE = "patient/*.cruds launch/patient"
+CLINICIAN_SCOPE = "user/*.rs"
+NARROW_SCOPE = "patient/Observation.rs launch/patient"
+APP_REDIRECT = "https://app.example.org/callback"
 
 
 @dataclass(frozen=True)
 class Credentials:
-    """What a caller holds. Swappable: once /fhir takes SMART tokens, the stranger gets a `bearer` of
-    another patient as well as (or instead of) its page `session`."""
+    """What a caller holds: a `bearer` token for /fhir (the operator's, or a SMART app's) and/or a page
+    `session`."""
 
     name: str
     bearer: str | None = None
@@ -96,13 +106,19 @@ class Seeded:
     other_ids: list[str] = field(default_factory=list)  # a few of each other seeded type
     practitioner_ids: list[str] = field(default_factory=list)
     consent_id: str = ""  # the first seeded patient shares her record with a seeded clinician
+    # Every seeded resource's versionId right after seeding (read as the operator): a run that
+    # changed or deleted any of them shows up as a difference.
+    versions: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def sample_ids(self) -> list[str]:
         return [*self.patient_ids, *self.observation_ids[:4], *self.other_ids]
 
     def markers(self) -> list[str]:
-        """Strings whose presence in a stranger's 2xx body discloses a seeded patient's data."""
-        return [*self.patient_ids, *self.observation_ids, *self.observation_texts, self.consent_id]
+        """Strings whose presence in a stranger's 2xx body discloses a seeded patient's data: every
+        seeded id (except directory entries such as the Practitioner, which everyone may read) and
+        the longer Observation texts."""
+        ids = [rid for rtype, rid in self.versions if rtype not in SHARED_TYPES]
+        return [*dict.fromkeys([*self.patient_ids, *ids, self.consent_id]), *self.observation_texts]
 
 
 @dataclass
@@ -129,20 +145,42 @@ def run(
     examples: int = EXAMPLES,
     markers: list[str] | None = None,
     modes: tuple[GenerationMode, ...] = MODES,
+    judge: Judge | None = None,
 ) -> Tally:
     """Every operation of `schema`, each generation mode, `examples` cases each, as `credentials`.
-    With `markers`, any 2xx whose body contains one is an unauthorized success (a disclosure)."""
+    With `markers`, any 2xx whose body contains one is an unauthorized success (a disclosure); with
+    `judge`, so is any 2xx it finds fault with (it returns what is wrong, empty when nothing is)."""
     tally = Tally()
+    inspect = _Inspect(markers or [], judge)
     for result in schema.get_all_operations():
         operation = result.ok()
         # The schema's own examples first (a seeded Patient id, say), then generated cases per mode.
         for strategy in schema.get_strategies_from_examples(operation):
-            _fuzz(operation, strategy, "example", credentials, 1, markers or [], tally)
+            _fuzz(operation, strategy, "example", credentials, 1, inspect, tally)
         budget = min(examples, COSTLY.get(operation.label, examples))
         for mode in modes:
             strategy = operation.as_strategy(generation_mode=mode)
-            _fuzz(operation, strategy, mode.value, credentials, budget, markers or [], tally)
+            _fuzz(operation, strategy, mode.value, credentials, budget, inspect, tally)
     return tally
+
+
+# (case, response) of a 2xx -> what is wrong with it (empty: nothing).
+Judge = Callable[[Any, Any], list[str]]
+
+
+@dataclass(frozen=True)
+class _Inspect:
+    markers: list[str]
+    judge: Judge | None
+
+    def __call__(self, case: Any, response: Any) -> list[str]:
+        # HTML pages escape what they show: look for both spellings.
+        text = response.text
+        leaked = [m for m in self.markers if m in text or html.escape(m) in text]
+        faults = [f"discloses {leaked[:3]}"] if leaked else []
+        if self.judge is not None:
+            faults.extend(self.judge(case, response))
+        return faults
 
 
 def _fuzz(
@@ -151,7 +189,7 @@ def _fuzz(
     mode: str,
     credentials: Credentials,
     examples: int,
-    markers: list[str],
+    inspect: _Inspect,
     tally: Tally,
 ) -> None:
     @hypothesis.settings(
@@ -182,10 +220,7 @@ def _fuzz(
         tally.by_operation.setdefault(operation.label, Counter())[response.status_code] += 1
         if 200 <= response.status_code < 300:
             tally.successes[operation.label] += 1
-            # HTML pages escape what they show: look for both spellings.
-            leaked = [m for m in markers if m in response.text or html.escape(m) in response.text]
-            if leaked:
-                tally.unauthorized.append(f"{label}: {response.status_code} discloses {leaked[:3]}")
+            tally.unauthorized.extend(f"{label}: {response.status_code} {fault}" for fault in inspect(case, response))
         try:
             case.validate_response(response, checks=CHECKS, headers=headers, transport_kwargs=dict(NO_REDIRECTS))
         except FailureGroup as group:
@@ -266,6 +301,7 @@ def _seed(app: FastAPI) -> Seeded:
             record_bundles.process(vault=v, bundle=bundle, stable_ids=True)
             for entry in bundle["entry"]:
                 resource = entry["resource"]
+                seeded.versions[(resource["resourceType"], resource["id"])] = ""
                 if resource["resourceType"] == "Patient":
                     seeded.patient_ids.append(resource["id"])
                 if resource["resourceType"] == "Observation":
@@ -288,9 +324,33 @@ def _seed(app: FastAPI) -> Seeded:
             now=datetime.now(UTC),
         )
         seeded.consent_id = service.create(vault=v, resource=consent).rid
+    seeded.versions[("Consent", seeded.consent_id)] = ""
+    seeded.versions = _versions(app, list(seeded.versions))
     assert seeded.patient_ids
     assert seeded.observation_ids
     return seeded
+
+
+def _versions(app: FastAPI, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Each resource's current versionId, read as the operator ("gone" once deleted)."""
+    out = {}
+    with open_vault(app.state.medvault) as v:
+        for rtype, rid in keys:
+            try:
+                out[(rtype, rid)] = service.read(vault=v, rtype=rtype, rid=rid)["meta"]["versionId"]
+            except Gone:
+                out[(rtype, rid)] = "gone"
+    return out
+
+
+def _seed_changes(app: FastAPI, seeded: Seeded) -> list[str]:
+    """The seeded resources a run changed or deleted (empty: none)."""
+    now = _versions(app, list(seeded.versions))
+    return [
+        f"{rtype}/{rid}: {seeded.versions[(rtype, rid)]} -> {now[(rtype, rid)]}"
+        for rtype, rid in now
+        if now[(rtype, rid)] != seeded.versions[(rtype, rid)]
+    ]
 
 
 def _consent_untouched(app: FastAPI, seeded: Seeded) -> bool:
@@ -315,7 +375,7 @@ def _stranger(app: FastAPI) -> Credentials:
             },
         )
     with unit_of_work(state.factory) as session:
-        accounts.create_account(
+        account_id = accounts.create_account(
             session=session,
             crypto=state.crypto,
             hasher=Hasher(),
@@ -326,7 +386,64 @@ def _stranger(app: FastAPI) -> Credentials:
             now=datetime.now(UTC),
         )
     cookie, csrf = _signed_in(app, "stranger@example.org")
-    return Credentials("stranger (patient page session)", session=cookie, csrf=csrf)
+    # The broadest scopes a patient's app may hold, launched (as always for a patient) on its own record.
+    token = smart_token(app, account_id=account_id, scope=STRANGER_SCOPE, patient=own)
+    return Credentials("stranger (patient page session, SMART token)", bearer=token, session=cookie, csrf=csrf)
+
+
+def smart_token(
+    app: FastAPI, *, account_id: str, scope: str, patient: str | None, issued: datetime | None = None
+) -> str:
+    """A SMART access token for `account_id` (see `mint`)."""
+    return mint(app, account_id=account_id, scope=scope, patient=patient, issued=issued)[0]
+
+
+def mint(
+    app: FastAPI, *, account_id: str, scope: str, patient: str | None, issued: datetime | None = None
+) -> tuple[str, str]:
+    """(access token, its app's client id) for `account_id`, stored as the token endpoint stores one
+    after an approval: a registered public app, the scope in canonical text, the launch patient.
+    `issued` in the past makes an expired one."""
+    state = app.state.medvault
+    parsed = smart_scopes.parse(scope)
+    assert parsed.resources, "an app token has resource scopes"
+    assert "system" not in parsed.levels, "system/ scopes are the operator's, no person approves them"
+    now = issued or datetime.now(UTC)
+    token = smart_tokens.new_secret()
+    with unit_of_work(state.factory) as session:
+        client_id, _ = smart_tokens.register_client(
+            session=session, name="schemathesis app", redirect_uris=[APP_REDIRECT], confidential=False, now=now
+        )
+        smart_tokens.store_token(
+            session=session,
+            crypto=state.crypto,
+            access_token=token,
+            refresh_token=None,
+            client_id=client_id,
+            account_id=account_id,
+            scope=parsed.text,
+            patient=patient if parsed.launch_patient else None,
+            family=None,
+            granted=now,
+            now=now,
+        )
+    return token, client_id
+
+
+def patient_account(app: FastAPI, login: str, patient_id: str) -> str:
+    """A patient account linked to an existing (seeded) Patient; its id."""
+    state = app.state.medvault
+    with unit_of_work(state.factory) as session:
+        return accounts.create_account(
+            session=session,
+            crypto=state.crypto,
+            hasher=Hasher(),
+            login=login,
+            password=PASSWORD,
+            role="patient",
+            patient_id=patient_id,
+            now=datetime.now(UTC),
+        )
 
 
 def _signed_in(app: FastAPI, login: str, code: str = "") -> tuple[str, str]:
@@ -374,7 +491,8 @@ def _clinician_without_grant(app: FastAPI) -> Credentials:
         )
     code = totp.totp_code(secret=secret, step=totp.time_step(datetime.now(UTC)))
     cookie, csrf = _signed_in(app, "clinician@example.org", code)
-    return Credentials("clinician without a grant (page session)", session=cookie, csrf=csrf)
+    token = smart_token(app, account_id=account_id, scope=CLINICIAN_SCOPE, patient=None)
+    return Credentials("clinician without a grant (page session, SMART token)", bearer=token, session=cookie, csrf=csrf)
 
 
 @pytest.fixture
@@ -396,24 +514,14 @@ def operator(target: Target) -> Credentials:
 
 @pytest.fixture
 def stranger(target: Target) -> Credentials:
-    """An actor with no relationship to the seeded patients. Today a patient's page session; swap in
-    (or add) a SMART access token of that patient once /fhir takes them."""
+    """An actor with no relationship to the seeded patients: a patient with its own record, holding
+    a page session and a SMART token of the broadest scopes a patient's app may hold."""
     return _stranger(target.app)
 
 
-def test_operator_run_no_server_errors_no_unauthenticated_successes(target: Target, operator: Credentials) -> None:
-    schema = load_schema(target.app, focus_on(target.seeded))
-    tally = run(schema, operator)
-    print(f"schemathesis as the operator: {tally.summary()}")
-    assert tally.server_errors == []
-    assert tally.unauthorized == []
-    operations = len(list(schema.get_all_operations()))
-    assert tally.cases >= operations * EXAMPLES  # bounded, but not vacuous
-    # The schema is tight enough to reach the handlers: reads of seeded records answer 200, writes
-    # succeed (and `ignored_auth` then replayed each without and with a wrong token).
-    reads = ("GET /fhir/{rtype}/{rid}", "GET /fhir/{rtype}", "GET /fhir/Patient/{rid}/$everything")
-    for label in (*reads, "POST /fhir/{rtype}", "POST /fhir", "DELETE /fhir/{rtype}/{rid}"):
-        assert tally.successes[label] > 0, (label, tally.summary())
+def _bearer(token: str | None) -> dict[str, str]:
+    assert token
+    return {"Authorization": f"Bearer {token}"}
 
 
 def test_stranger_run_discloses_nothing_of_the_seeded_patients(target: Target, stranger: Credentials) -> None:
@@ -422,13 +530,20 @@ def test_stranger_run_discloses_nothing_of_the_seeded_patients(target: Target, s
     print(f"schemathesis as a stranger: {tally.summary()}")
     assert tally.server_errors == []
     assert tally.unauthorized == []
-    # The stranger did get in (its own pages answered), so "no leak" is not "no access at all".
+    # The stranger did get in (its own pages answered, and /fhir took its token), so "no leak" is
+    # not "no access at all".
     assert tally.successes["GET /me/record"] > 0, tally.summary()
-    # The markers would show: the stranger's own timeline names its own reading (Observation texts).
+    assert tally.successes["GET /fhir/{rtype}"] > 0, tally.by_operation["GET /fhir/{rtype}"]
+    # The markers would show: the stranger's own timeline and its app's search name its own reading.
     assert stranger.session
     own = TestClient(target.app).get("/me/record", headers={"Cookie": f"{COOKIE}={stranger.session}"})
     assert OWN_TEXT in own.text
-    # Writes count too: the seeded patient's Consent, which the stranger's forms named, is unchanged.
+    own = TestClient(target.app).get("/fhir/Observation", headers=_bearer(stranger.bearer))
+    assert own.status_code == 200
+    assert OWN_TEXT in own.text
+    # Writes count too: no seeded resource changed (their versions, read as the operator), and the
+    # seeded patient's Consent, which the stranger's forms named, is still the only active one.
+    assert _seed_changes(target.app, target.seeded) == []
     assert _consent_untouched(target.app, target.seeded)
     # The forms got past the CSRF check (a refusal of every form would prove nothing): the stranger
     # shared its own record, and its attempts on the other patient's Consent reached the guard.
@@ -436,6 +551,9 @@ def test_stranger_run_discloses_nothing_of_the_seeded_patients(target: Target, s
     revokes = tally.by_operation["POST /me/sharing/revoke"]
     assert revokes[404] > 0, revokes
     assert not any(300 <= status < 400 for status in revokes), revokes
+    # Its token's writes reached the guard: creates in its own record went through (patient/*.cruds),
+    # and reads of every seeded id answered like missing records.
+    assert tally.by_operation["GET /fhir/{rtype}/{rid}"][404] > 0, tally.by_operation["GET /fhir/{rtype}/{rid}"]
 
 
 def test_clinician_without_a_grant_run_discloses_nothing(target: Target) -> None:
@@ -446,11 +564,181 @@ def test_clinician_without_a_grant_run_discloses_nothing(target: Target) -> None
     assert tally.server_errors == []
     assert tally.unauthorized == []
     assert tally.successes["GET /patients"] > 0, tally.summary()  # signed in: the pages answered
+    assert tally.successes["GET /fhir/{rtype}"] > 0, tally.by_operation["GET /fhir/{rtype}"]  # the token too
     # Every seeded patient's page was asked for and refused like a missing one.
     records = tally.by_operation["GET /patients/{patient_id}"]
     assert records[404] > 0, records
     assert not any(200 <= status < 400 for status in records), records
+    reads = tally.by_operation["GET /fhir/{rtype}/{rid}"]
+    assert reads[404] > 0, reads
+    assert _seed_changes(target.app, target.seeded) == []
     assert _consent_untouched(target.app, target.seeded)
+
+
+def _fhir_only(focus: Callable[[dict[str, Any]], None], rtype: str, rid: str) -> Callable[[dict[str, Any]], None]:
+    """`focus`, on the /fhir operations only, with `rtype`/`rid` as the schema's examples (so each
+    read operation's example case names a record the caller may read)."""
+
+    def apply(raw: dict[str, Any]) -> None:
+        focus(raw)
+        raw["paths"] = {path: item for path, item in raw["paths"].items() if openapi.is_fhir(path)}
+        for item in raw["paths"].values():
+            for operation in item.values():
+                for param in operation.get("parameters", []):
+                    if param["in"] == "path" and param["name"] in ("rtype", "rid"):
+                        param["example"] = rtype if param["name"] == "rtype" else rid
+
+    return apply
+
+
+def _resources(doc: Any) -> Iterator[tuple[dict[str, Any], str]]:
+    """(resource, how it was answered) in a response body, Bundle entries included: a batch or
+    transaction response's entries carry their own status."""
+    if not isinstance(doc, dict) or "resourceType" not in doc:
+        return
+    if doc["resourceType"] != "Bundle":
+        yield doc, ""
+        return
+    for entry in doc.get("entry", []):
+        status = str(entry.get("response", {}).get("status", ""))
+        if "resource" in entry:
+            for resource, _ in _resources(entry["resource"]):
+                yield resource, status
+        elif status.startswith("2"):
+            yield {"resourceType": "(no resource)"}, status
+
+
+def within_scope(patient_id: str, rtypes: frozenset[str]) -> Judge:
+    """For a token of `patient/<rtypes>.rs` launched on `patient_id`: a 2xx may only read or search
+    those types in that patient's compartment, or directory types, or the server's metadata."""
+    allowed_types = rtypes | SHARED_TYPES
+
+    def judge(case: Any, response: Any) -> list[str]:
+        path, method = case.operation.path, case.method.upper()
+        if path == "/fhir/metadata" or "/.well-known/" in path:
+            return []
+        faults = []
+        rtype = (case.path_parameters or {}).get("rtype")
+        if rtype is not None and rtype not in allowed_types:
+            faults.append(f"answered on {rtype}")
+        searching = path.endswith("/_search") or path == "/fhir"  # a batch is judged by its entries
+        if method != "GET" and not searching:
+            faults.append(f"a {method} succeeded with read/search scopes")
+        try:
+            body = response.json() if response.content else None
+        except ValueError:
+            return [*faults, "a body that is not JSON"]
+        for resource, status in _resources(body):
+            kind = resource["resourceType"]
+            if status.startswith("201") or kind == "(no resource)":
+                faults.append(f"a batch entry answered {status}")
+            elif kind in ("OperationOutcome", "CapabilityStatement") or kind in SHARED_TYPES:
+                continue
+            elif kind not in rtypes or resource.get("subject", {}).get("reference") != f"Patient/{patient_id}":
+                faults.append(f"{kind}/{resource.get('id')} is outside the token's scopes")
+        return faults
+
+    return judge
+
+
+def test_narrow_token_never_exceeds_its_scopes(target: Target) -> None:
+    """A token of `patient/Observation.rs` for a seeded patient: every 2xx on /fhir concerns her
+    Observations only (or directory entries, or the metadata); nothing else is read or written."""
+    pid = target.seeded.patient_ids[0]
+    account = patient_account(target.app, "seeded@example.org", pid)
+    token = smart_token(target.app, account_id=account, scope=NARROW_SCOPE, patient=pid)
+    narrow = Credentials(f"a seeded patient's app ({NARROW_SCOPE})", bearer=token)
+    own = target.seeded.observation_ids[0]  # the first seeded patient's (her bundle is read first)
+    schema = load_schema(target.app, _fhir_only(focus_on(target.seeded), "Observation", own))
+    tally = run(schema, narrow, judge=within_scope(pid, frozenset({"Observation"})))
+    print(f"schemathesis with a narrow token: {tally.summary()}")
+    assert tally.server_errors == []
+    assert tally.unauthorized == []
+    # Not vacuous: the token read her Observations, and was refused the rest openly (403).
+    assert tally.successes["GET /fhir/{rtype}/{rid}"] > 0, tally.by_operation["GET /fhir/{rtype}/{rid}"]
+    assert tally.successes["GET /fhir/{rtype}"] > 0, tally.by_operation["GET /fhir/{rtype}"]
+    assert tally.statuses[403] > 0, tally.summary()
+    assert _seed_changes(target.app, target.seeded) == []
+
+
+def test_within_scope_judge_catches_what_it_claims() -> None:
+    """The narrow run's judge flags another patient's, another type's and a write's 2xx."""
+
+    @dataclass
+    class Op:
+        path: str
+
+    @dataclass
+    class Case:
+        operation: Op
+        method: str
+        path_parameters: dict[str, str]
+
+    @dataclass
+    class Answer:
+        body: Any
+
+        @property
+        def content(self) -> bytes:
+            return json.dumps(self.body).encode()
+
+        def json(self) -> Any:
+            return self.body
+
+    judge = within_scope("p1", frozenset({"Observation"}))
+    own = {"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"}}
+    theirs = {**own, "id": "o2", "subject": {"reference": "Patient/p2"}}
+    search = Case(Op("/fhir/{rtype}"), "GET", {"rtype": "Observation"})
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": own}]}
+    assert judge(search, Answer(bundle)) == []
+    assert judge(search, Answer({**bundle, "entry": [{"resource": own}, {"resource": theirs}]}))
+    assert judge(Case(Op("/fhir/{rtype}"), "GET", {"rtype": "Condition"}), Answer({**bundle, "entry": []}))
+    assert judge(Case(Op("/fhir/{rtype}/{rid}"), "DELETE", {"rtype": "Observation", "rid": "o1"}), Answer(None))
+    batch = {"resourceType": "Bundle", "type": "batch-response", "entry": [{"response": {"status": "201 Created"}}]}
+    assert judge(Case(Op("/fhir"), "POST", {}), Answer(batch))
+    assert judge(Case(Op("/fhir/metadata"), "GET", {}), Answer({"resourceType": "CapabilityStatement"})) == []
+
+
+def test_revoked_expired_and_unknown_tokens_get_401(target: Target) -> None:
+    """A handful of explicit cases: the same requests that a live token gets answered are refused
+    with 401 and `invalid_token` once the token is revoked (through the revocation endpoint) or
+    expired, and for a token nobody issued."""
+    pid = target.seeded.patient_ids[0]
+    obs = target.seeded.observation_ids[0]
+    account = patient_account(target.app, "owner@example.org", pid)
+    scope = "patient/*.rs launch/patient"
+    live = smart_token(target.app, account_id=account, scope=scope, patient=pid)
+    revoked, client_id = mint(target.app, account_id=account, scope=scope, patient=pid)
+    issued = datetime.now(UTC) - smart_tokens.ACCESS_LIFETIME - timedelta(minutes=1)
+    expired = smart_token(target.app, account_id=account, scope=scope, patient=pid, issued=issued)
+    client = TestClient(target.app, base_url="https://testserver")
+    reads = [
+        f"/fhir/Patient/{pid}",
+        f"/fhir/Observation/{obs}",
+        "/fhir/Observation",
+        f"/fhir/Patient/{pid}/$everything",
+    ]
+    for path in reads:
+        for token in (live, revoked):
+            assert client.get(path, headers=_bearer(token)).status_code == 200, path
+    gone = client.post("/oauth/revoke", content=urlencode({"token": revoked, "client_id": client_id}), headers=FORM)
+    assert gone.status_code == 200, gone.text
+    writes: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("POST", "/fhir/Observation", {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}),
+        ("PUT", f"/fhir/Patient/{pid}", {"resourceType": "Patient", "id": pid}),
+        ("DELETE", f"/fhir/Observation/{obs}", None),
+    ]
+    requests = [("GET", path, None) for path in reads] + writes
+    for name, token in (("revoked", revoked), ("expired", expired), ("unknown", smart_tokens.new_secret())):
+        for method, path, doc in requests:
+            headers = {**_bearer(token), "Content-Type": openapi.FHIR_JSON}
+            answer = client.request(method, path, headers=headers, content=json.dumps(doc) if doc else None)
+            assert answer.status_code == 401, (name, method, path, answer.status_code)
+            assert answer.json()["resourceType"] == "OperationOutcome"
+            assert 'error="invalid_token"' in answer.headers["www-authenticate"]
+    # The live token still works: the refusals were about those tokens, not the requests.
+    assert client.get(f"/fhir/Patient/{pid}", headers=_bearer(live)).status_code == 200
+    assert _seed_changes(target.app, target.seeded) == []
 
 
 # --- the harness itself: it must catch what it claims to catch ----------------------------------------
