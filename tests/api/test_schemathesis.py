@@ -32,8 +32,14 @@ from hypothesis import HealthCheck, Phase
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup, ServerError
+from schemathesis.generation.meta import CoverageScenario, coverage_scenario
 from schemathesis.openapi.checks import IgnoredAuth
-from schemathesis.specs.openapi.checks import ignored_auth
+from schemathesis.specs.openapi.checks import (
+    ensure_resource_availability,
+    ignored_auth,
+    unsupported_method,
+    use_after_free,
+)
 
 from medvault.access.consent import consent_resource
 from medvault.access.policy import SHARED_TYPES
@@ -129,6 +135,10 @@ class Tally:
     successes: Counter[str] = field(default_factory=Counter)  # 2xx per operation: the run reached handlers
     server_errors: list[str] = field(default_factory=list)
     unauthorized: list[str] = field(default_factory=list)
+    # Operations whose 2xx `ignored_auth` has confirmed (refused without and with a wrong credential).
+    # As in schemathesis's own engine, once per operation and run is enough: its two probes per 2xx
+    # would otherwise be most of the run's time.
+    auth_confirmed: set[str] = field(default_factory=set)
 
     def summary(self) -> str:
         return (
@@ -221,8 +231,11 @@ def _fuzz(
         if 200 <= response.status_code < 300:
             tally.successes[operation.label] += 1
             tally.unauthorized.extend(f"{label}: {response.status_code} {fault}" for fault in inspect(case, response))
+        checks = [not_a_server_error] if operation.label in tally.auth_confirmed else CHECKS
         try:
-            case.validate_response(response, checks=CHECKS, headers=headers, transport_kwargs=dict(NO_REDIRECTS))
+            case.validate_response(response, checks=checks, headers=headers, transport_kwargs=dict(NO_REDIRECTS))
+            if 200 <= response.status_code < 300:
+                tally.auth_confirmed.add(operation.label)
         except FailureGroup as group:
             for failure in group.exceptions:
                 entry = f"{label}: {response.status_code} {failure.title}"
@@ -741,6 +754,157 @@ def test_revoked_expired_and_unknown_tokens_get_401(target: Target) -> None:
     assert _seed_changes(target.app, target.seeded) == []
 
 
+# --- stateful: what a run learns from links between operations ---------------------------------------
+
+STATEFUL_CHECKS = [not_a_server_error, use_after_free, ensure_resource_availability]
+STATEFUL_KEEP = {("/fhir/{rtype}", "post"), ("/fhir/{rtype}/{rid}", "get"), ("/fhir/{rtype}/{rid}", "delete")}
+# The link passes the caller's credentials on too: `ensure_resource_availability` judges a follow-up
+# only when every one of its parameters came from the link, and the bearer header counts as one.
+_SAME_CALLER = {"header.Authorization": "$request.header.Authorization"}
+_CREATED_ID = {"rtype": "$request.path.rtype", "rid": "$response.body#/id", **_SAME_CALLER}
+_DELETED_ID = {"rtype": "$request.path.rtype", "rid": "$request.path.rid", **_SAME_CALLER}
+
+
+def linked(raw: dict[str, Any]) -> None:
+    """Create, read and delete, with OpenAPI links between them (FHIR answers a create with the new
+    resource, whose `id` the read and the delete take): the state machine creates a Patient, reads it
+    (`ensure_resource_availability`: a 404 for what was just created fails), deletes it, and reads it
+    again (`use_after_free`: a 2xx for what was deleted fails; FHIR answers 410)."""
+    paths = {
+        path: {m: op for m, op in item.items() if (path, m) in STATEFUL_KEEP} for path, item in raw["paths"].items()
+    }
+    raw["paths"] = {path: item for path, item in paths.items() if item}
+    create, read = raw["paths"]["/fhir/{rtype}"]["post"], raw["paths"]["/fhir/{rtype}/{rid}"]["get"]
+    delete = raw["paths"]["/fhir/{rtype}/{rid}"]["delete"]
+    for param in create["parameters"]:
+        if param["name"] == "rtype":
+            param["schema"] = {"type": "string", "enum": ["Patient"]}
+    patient = {
+        "type": "object",
+        "required": ["resourceType"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["Patient"]},
+            "gender": {"type": "string", "enum": ["male", "female", "other", "unknown"]},
+            "active": {"type": "boolean"},
+        },
+        "additionalProperties": False,
+    }
+    create["requestBody"]["content"][openapi.FHIR_JSON]["schema"] = patient
+    links = {
+        "Read": {"operationId": read["operationId"], "parameters": _CREATED_ID},
+        "Delete": {"operationId": delete["operationId"], "parameters": _CREATED_ID},
+    }
+    create["responses"]["201"] = {"description": "created", "links": links}
+    gone = {"ReadDeleted": {"operationId": read["operationId"], "parameters": _DELETED_ID}}
+    delete["responses"]["204"] = {"description": "deleted", "links": gone}
+
+
+@dataclass
+class StatefulTally:
+    steps: Counter[str] = field(default_factory=Counter)  # "METHOD path status"
+    failures: list[str] = field(default_factory=list)
+
+
+def run_stateful(schema: Any, credentials: Credentials, *, scenarios: int = 6, steps: int = 6) -> StatefulTally:
+    """The schema's state machine (derandomized, bounded), every response through STATEFUL_CHECKS with
+    the scenario's recorder, so the checks see what came before. Failures are collected, not raised."""
+    tally = StatefulTally()
+    base = schema.as_state_machine()
+
+    class Machine(base):  # type: ignore[misc, valid-type]
+        def before_call(self, case: Any) -> None:
+            # On the case itself (not only on the wire): the links' `$request.header.Authorization`
+            # reads the case, which otherwise holds a generated (wrong) token.
+            case.headers = {**(case.headers or {}), **credentials.headers_for(case.operation)}
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return dict(NO_REDIRECTS)
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
+            tally.steps[f"{case.method} {case.operation.path} {response.status_code}"] += 1
+            try:
+                case.validate_response(
+                    response, checks=STATEFUL_CHECKS, transport_kwargs=kwargs or None, recorder=self.recorder
+                )
+            except FailureGroup as group:
+                tally.failures.extend(
+                    f"{case.operation.label}: {f.__class__.__name__} ({f.title})" for f in group.exceptions
+                )
+
+    Machine.run(
+        settings=hypothesis.settings(
+            max_examples=scenarios,
+            stateful_step_count=steps,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            phases=(Phase.explicit, Phase.generate),
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    return tally
+
+
+def test_stateful_create_read_delete_read(target: Target, operator: Credentials) -> None:
+    tally = run_stateful(load_schema(target.app, linked), operator)
+    print(f"stateful schemathesis as the operator: {dict(tally.steps)}")
+    assert tally.failures == []
+    # The links were followed: created, read back, deleted, and the deleted one read again (410).
+    for step in (
+        "POST /fhir/{rtype} 201",
+        "GET /fhir/{rtype}/{rid} 200",
+        "DELETE /fhir/{rtype}/{rid} 204",
+        "GET /fhir/{rtype}/{rid} 410",
+    ):
+        assert tally.steps[step] > 0, (step, tally.steps)
+
+
+# --- methods the schema does not declare ------------------------------------------------------------
+
+
+def unsupported_methods(schema: Any, credentials: Credentials) -> tuple[list[str], Counter[int]]:
+    """schemathesis's `unsupported_method` check over its own probes (the coverage phase's requests
+    with each method a path does not declare): 405 with an `Allow` header, or a refusal of the
+    credentials first. Returns (failures, statuses)."""
+    failures: list[str] = []
+    statuses: Counter[int] = Counter()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        cases = operation.schema.iter_coverage_cases(
+            operation,
+            generation_modes=[GenerationMode.NEGATIVE],
+            generation_config=schema.config.generation_for(operation=operation),
+            extra_data_source=None,
+            error_feedback=None,
+            session=None,
+        )
+        for case in cases:
+            if coverage_scenario(case) != CoverageScenario.UNSPECIFIED_HTTP_METHOD:
+                continue
+            headers = credentials.headers_for(operation)
+            response = case.call(headers=headers, **NO_REDIRECTS)
+            statuses[response.status_code] += 1
+            try:
+                case.validate_response(
+                    response,
+                    checks=[not_a_server_error, unsupported_method],
+                    headers=headers,
+                    transport_kwargs=dict(NO_REDIRECTS),
+                )
+            except FailureGroup as group:
+                failures.extend(
+                    f"{case.method} {operation.path}: {f.title}: {f.message[:120]}" for f in group.exceptions
+                )
+    return failures, statuses
+
+
+def test_undeclared_methods_answer_405_with_allow(target: Target, operator: Credentials) -> None:
+    failures, statuses = unsupported_methods(load_schema(target.app), operator)
+    print(f"undeclared methods: {dict(statuses)}")
+    assert failures == []
+    assert statuses[405] > 0, statuses
+
+
 # --- the harness itself: it must catch what it claims to catch ----------------------------------------
 
 
@@ -792,3 +956,43 @@ def test_harness_catches_a_server_error_and_unauthorized_successes() -> None:
     assert any(e.startswith("GET /page") and "authentication" in e for e in tally.unauthorized), tally.unauthorized
     assert any(e.startswith("GET /leak") and "discloses" in e for e in tally.unauthorized), tally.unauthorized
     assert not any(e.startswith("GET /leak") and "authentication" in e for e in tally.unauthorized)
+
+
+def _forgetful_app(flaw: str) -> FastAPI:
+    """A tiny FHIR-shaped create/read/delete app with one flaw: "lost" (a created resource reads as
+    missing) or "undead" (a deleted one still reads)."""
+    app = FastAPI(openapi_url=None)
+    store: dict[str, dict[str, Any]] = {}
+
+    @app.post("/fhir/{rtype}")
+    async def create(rtype: str, request: Request) -> JSONResponse:
+        doc = json.loads(await request.body())
+        doc["id"] = f"r{len(store)}"
+        store[doc["id"]] = doc
+        return JSONResponse(doc, status_code=201)
+
+    @app.get("/fhir/{rtype}/{rid}")
+    def read(rtype: str, rid: str) -> JSONResponse:
+        if rid not in store or flaw == "lost":
+            return JSONResponse({"resourceType": "OperationOutcome"}, status_code=404)
+        return JSONResponse(store[rid])
+
+    @app.delete("/fhir/{rtype}/{rid}")
+    def delete(rtype: str, rid: str) -> PlainTextResponse:
+        if flaw != "undead":
+            store.pop(rid, None)
+        return PlainTextResponse("", status_code=204)
+
+    return app
+
+
+@pytest.mark.parametrize(("flaw", "failure"), [("lost", "EnsureResourceAvailability"), ("undead", "UseAfterFree")])
+def test_harness_stateful_checks_catch_lost_and_undead_resources(flaw: str, failure: str) -> None:
+    app = _forgetful_app(flaw)
+    raw = json.loads(json.dumps(openapi.build(app)))
+    linked(raw)
+    schema = schemathesis.openapi.from_dict(raw)
+    schema.app = app
+    tally = run_stateful(schema, Credentials("anyone", bearer="whatever"), scenarios=4)
+    assert tally.failures, (failure, tally.steps)
+    assert all(f.startswith(f"GET /fhir/{{rtype}}/{{rid}}: {failure} (") for f in tally.failures), tally.failures
