@@ -268,7 +268,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
         # The router's own headers stay: a 405 must say which methods the resource does take (Allow,
         # RFC 9110 15.5.6).
-        return outcome(exc.status_code, [Issue(code, str(exc.detail)[:200])], headers=exc.headers)
+        return outcome(exc.status_code, [Issue(code, str(exc.detail)[:200])], headers=dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> Response:
