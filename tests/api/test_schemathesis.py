@@ -58,7 +58,7 @@ from tests.api.support import fresh_settings
 from tests.api.synthea import load, subset_files
 from tests.helpers import open_vault
 
-EXAMPLES = 4  # per operation and generation mode (the schema's own examples: 1 case each); see the docstring
+EXAMPLES = 3  # per operation and generation mode (the schema's own examples: 1 case each); see the docstring
 # Slow by design: every sign-in attempt costs an Argon2id hash (~0.2 s, more on a busy machine).
 COSTLY = {"POST /login": 2}
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
