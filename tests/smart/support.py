@@ -25,7 +25,8 @@ from medvault.smart import tokens
 from tests.helpers import open_vault
 
 PASSWORD = "a long and private passphrase"
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+# A browser sends Origin with every form POST, and sign-in refuses a POST without it (or a Referer).
+FORM = {"Content-Type": "application/x-www-form-urlencoded", "Origin": "https://testserver"}
 REDIRECT = "https://app.example.org/callback"
 
 
