@@ -1,13 +1,26 @@
 """schemathesis over the in-process OpenAPI schema (issue 3 acceptance): a bounded property-based run
 over every operation against the ASGI app, checking `not_a_server_error` and `ignored_auth`, as the
-operator (bearer) and as actors with no relationship to the seeded patients (a patient, a clinician
-without a grant), whose every 2xx must disclose none of their data and whose forms change none of
-it. Counts are collected and asserted (0 and 0), not raised at the first failure, so one run reports
-everything it found.
+operator (bearer) and as actors with no relationship to the seeded patients, each holding a page
+session *and* a SMART access token (a patient with `patient/*.cruds` launched on its own record, a
+clinician without a grant with `user/*.rs`): every 2xx must disclose none of the seeded ids or
+Observation texts, and no seeded resource's version may change. A narrow token
+(`patient/Observation.rs` of a seeded patient) must never be answered beyond its scopes. Counts are
+collected and asserted (0 and 0), not raised at the first failure, so one run reports everything it
+found.
+
+Further checks of schemathesis 4.32 where they apply: `use_after_free` and
+`ensure_resource_availability` in a stateful create/read/delete/read run over OpenAPI links, and
+`unsupported_method` over the coverage phase's probes with undeclared methods. Not enabled:
+`missing_required_header` (what it would add, a 401 without the Authorization header, is what
+`ignored_auth`'s probe without credentials asserts) and `object_level_authorization` (one identity
+reading what another created: the disclosure markers check that more strictly, on seeded data).
+Revoked, expired and unknown tokens get 401 (explicit cases).
 
 The run is reproducible (`derandomize`, no example database) and bounded by EXAMPLES per operation
 and generation mode; the generation-speed health checks are suppressed because they measure the
 generator, not the server (a slow server still fails nothing here; it only makes the run slower).
+Most of the wall time is hypothesis generating cases (negative FHIR bodies above all), so the load
+of the machine, more than the number of cases, decides how long the file takes.
 """
 
 from __future__ import annotations
