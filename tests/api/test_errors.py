@@ -174,3 +174,34 @@ def test_post_search_with_a_form(api: Any) -> None:
     r = api.post("/fhir/Patient/_search", content=b"{}", headers=JSON_HEADERS)
     outcome(r, 415)
     outcome(api.post("/fhir/Patient/_search", data={"nonsense": "1"}), 400)
+
+
+def test_405_names_the_allowed_methods(api: Any) -> None:
+    """Regression (schemathesis `unsupported_method`): a 405 carries `Allow` (RFC 9110 15.5.6)."""
+    answer = api.patch("/fhir/Patient/1", json={}, headers=JSON_HEADERS)
+    outcome(answer, 405)
+    # Starlette names the methods of the first route matching the path (the read), not of all.
+    assert "GET" in answer.headers["allow"].replace(" ", "").split(",")
+
+
+@pytest.mark.parametrize("path", ["/fhir/metadata", "/fhir/.well-known/smart-configuration"])
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize("token", [True, False])
+def test_discovery_documents_are_read_only(api: Any, path: str, method: str, token: bool) -> None:
+    """Regression (schemathesis `unsupported_method`): POST and DELETE /fhir/metadata reached the
+    /fhir/{rtype} handlers with no token resolved for the public path, and answered 500."""
+    headers = {**JSON_HEADERS} if token else {**JSON_HEADERS, "Authorization": ""}
+    answer = api.request(method, path, content=b"{}", headers=headers)
+    outcome(answer, 405)
+    assert answer.headers["allow"] == "GET, HEAD"
+    assert api.get(path).status_code == 200
+
+
+@pytest.mark.parametrize(("segment", "allow"), [("_history", "GET, HEAD"), ("_search", "POST")])
+def test_put_or_delete_on_an_operation_path_is_405(api: Any, segment: str, allow: str) -> None:
+    """Regression (schemathesis `unsupported_method`): PUT /fhir/Patient/_history was read as an
+    update of a resource called "_history" and answered 415 (the body was read first)."""
+    for method in ("PUT", "DELETE"):
+        answer = api.request(method, f"/fhir/Patient/{segment}")
+        outcome(answer, 405)
+        assert answer.headers["allow"] == allow

@@ -75,7 +75,7 @@ def test_fhirclient_standalone_patient_launch(served: tuple[World, str]) -> None
     signed = browser.post(
         f"{root}/login",
         data={"login": "pat@example.org", "password": PASSWORD, "code": ""},
-        headers={"Origin": root},
+        headers={"Origin": root},  # as a browser sends it; sign-in refuses a form POST without
         allow_redirects=False,
     )
     assert signed.status_code == 303, signed.text

@@ -11,6 +11,10 @@ from urllib.parse import urlencode
 import pytest
 
 from medvault.access.consent import consent_resource, revoked
+from medvault.auth import accounts
+from medvault.auth.passwords import Hasher
+from medvault.db import unit_of_work
+from medvault.smart import tokens
 from tests.api.support import JSON_HEADERS, outcome
 from tests.smart.support import (
     FORM,
@@ -197,3 +201,46 @@ def test_a_patients_search_leaves_other_patients_logs_alone(world: World, client
     # Outside any compartment stays searchable.
     assert _ids(client.get("/fhir/Practitioner", headers=h)) == [world.practitioner]
     assert other_log() == before
+
+
+def _minted(world: World, scope: str) -> dict[str, str]:
+    """A token as the token endpoint stores one, minted directly (no sign-in page in the way) for a
+    second account of the world's patient."""
+    env, now = world.env, datetime.now(UTC)
+    token = tokens.new_secret()
+    with unit_of_work(env.factory) as session:
+        account = accounts.create_account(
+            session=session,
+            crypto=env.crypto,
+            hasher=Hasher(),
+            login="pat-app@example.org",
+            password="a long and private passphrase",
+            role="patient",
+            patient_id=world.pid,
+            now=now,
+        )
+        tokens.store_token(
+            session=session,
+            crypto=env.crypto,
+            access_token=token,
+            refresh_token=None,
+            client_id=world.client_id,
+            account_id=account,
+            scope=scope,
+            patient=world.pid,
+            family=None,
+            granted=now,
+            now=now,
+        )
+    return bearer(token)
+
+
+def test_type_history_outside_the_scopes_is_refused_not_empty(world: World, client: Any) -> None:
+    """Regression (schemathesis, narrow token): GET /fhir/Condition/_history with patient/Observation.rs
+    answered 200 with an empty history instead of the 403 a search of Condition gets."""
+    h = _minted(world, "patient/Observation.rs launch/patient")
+    outcome(client.get("/fhir/Condition/_history", headers=h), 403)
+    outcome(client.get("/fhir/Patient/_history", headers=h), 403)
+    own = client.get("/fhir/Observation/_history", headers=h)
+    assert own.status_code == 200, own.text
+    assert sorted(e["resource"]["id"] for e in own.json()["entry"]) == sorted(world.obs)

@@ -141,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
 # discovery documents a client reads before it has a token are public. Pages outside /fhir
 # authenticate with their session cookie (web/pages.py); /oauth/* authenticates the client itself.
 PUBLIC_FHIR = frozenset({"/fhir/metadata", "/fhir/.well-known/smart-configuration"})
+READ_METHODS = ("GET", "HEAD")
 SECURITY_HEADERS = (
     # Health data must not linger in browser or proxy caches.
     ("cache-control", "no-store"),
@@ -175,6 +176,13 @@ class MedvaultApp(FastAPI):
 
         try:
             route = _route_path(scope)
+            if route in PUBLIC_FHIR and scope["method"] not in READ_METHODS:
+                # The discovery documents are read-only. Without this, POST or DELETE /fhir/metadata
+                # reached the /fhir/{rtype} handlers with no token resolved (a 500).
+                await outcome(
+                    405, [Issue("not-supported", "method not allowed")], headers={"Allow": ", ".join(READ_METHODS)}
+                )(scope, receive, guarded_send)
+                return
             if _is_fhir(route) and route not in PUBLIC_FHIR:
                 bearer = await _authenticate(state, Headers(scope=scope))
                 if bearer is None:
@@ -259,7 +267,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
-        return outcome(exc.status_code, [Issue(code, str(exc.detail)[:200])])
+        # The router's own headers stay: a 405 must say which methods the resource does take (Allow,
+        # RFC 9110 15.5.6).
+        return outcome(exc.status_code, [Issue(code, str(exc.detail)[:200])], headers=dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> Response:
@@ -558,9 +568,17 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
         headers["Location"] = f"{base(request)}/{rtype}/{written.rid}/_history/{written.version}"
         return FhirResponse(written.resource, status_code=201, headers=headers)
 
+    def not_an_instance(rid: str) -> None:
+        """/fhir/{rtype}/_history and /_search are operations, not resource ids (an id has no "_"):
+        another method on them is a 405 naming the methods they take, before any body is read."""
+        allow = {"_history": "GET, HEAD", "_search": "POST"}.get(rid)
+        if allow is not None:
+            raise StarletteHTTPException(405, "method not allowed", headers={"Allow": allow})
+
     @app.put("/fhir/{rtype}/{rid}")
     @with_vault
     async def update(request: Request, rtype: str, rid: str, v: Vault) -> FhirResponse:
+        not_an_instance(rid)
         doc = await body(request)
         if_match = records.parse_if_match(request.headers.get("if-match"))
         written = records.update(vault=v, rtype=rtype, rid=rid, resource=doc, if_match=if_match)
@@ -590,6 +608,7 @@ def _install_routes(app: FastAPI, state: AppState) -> None:
     @app.delete("/fhir/{rtype}/{rid}")
     @with_vault
     def delete(rtype: str, rid: str, v: Vault) -> Response:
+        not_an_instance(rid)
         version = records.delete(vault=v, rtype=rtype, rid=rid)
         headers = {"ETag": f'W/"{version}"'} if version else {}
         return Response(status_code=204, headers=headers)

@@ -233,7 +233,11 @@ def history(
         if get_head(vault, rtype, rid) is None:
             raise guard.missing(vault, rtype=rtype, rid=rid, action="read", interaction="history")
     if guard.caller_of(vault).actor is not None:
-        if rid is not None:
+        if rid is None:
+            # A type's history through an app token that does not cover the type: refused openly,
+            # as a search of it is, not answered with an empty page that reads as "no changes".
+            guard.check_scope_for_type(vault, rtype=rtype, action="read", interaction="history")
+        else:
             latest = vault.session.execute(
                 select(ResourceVersion)
                 .where(*conds, ResourceVersion.blob.is_not(None))
