@@ -18,14 +18,15 @@ Default deny; the rules, in order:
   while it is in force; only the patient writes grants.
 * **Researcher, privacy officer, admin**: no clinical access here (research and audit have their own
   faces).
-* **Break-the-glass** (design-emergency.md): when the rules above refuse a non-patient actor and
-  that actor holds an emergency access to this patient *in force* (`emergency`, read from the
-  database per unit of work like grants; only an eligible clinician can ever obtain one, see
-  `may_break_glass`), reads and searches are allowed, limited to what the patient has not hidden:
-  a resource with any sensitive label stays hidden (a grant naming the label is the patient's
-  only way to show it), and Consents (who else may see the record) are not disclosed. No writes
-  and no deletes: emergency access is for looking, care is recorded under a grant. An allowed read
-  says `reason="break-glass"`, which the guard turns into an ETREAT, flagged audit entry.
+* **Break-the-glass** (design-emergency.md): when the rules above refuse a clinician (never a
+  patient, researcher, privacy officer or admin, whatever the table says) who holds an emergency
+  access to this patient *in force* (`emergency`, read from the database per unit of work like
+  grants; only an eligible clinician can obtain one, see `may_break_glass`), reads and searches
+  are allowed, limited to what the patient has not hidden: a resource with any sensitive label
+  stays hidden (a grant naming the label is the patient's only way to show it), and Consents
+  (who else may see the record) are not disclosed. No writes and no deletes: emergency access is
+  for looking, care is recorded under a grant. An allowed read says `reason="break-glass"`,
+  which the guard turns into an ETREAT, flagged audit entry.
 
 `hide_as_missing` tells the face how to refuse: True for an actor with no relationship to the
 patient (no grant in force, another patient, a role without clinical access), who must get the same
@@ -182,7 +183,9 @@ def decide(
     anyone else, not yet started or expired are ignored.
     """
     decision = _decide(actor, action, patient_id, resource_type, labels, grants, now, organization_ids, consent_grant)
-    if not decision.allowed and patient_id is not None and actor.role != "patient":
+    # Defence in depth: roles that can never obtain an emergency access are not let in by one
+    # either (a row forged into the table, or a role changed after the access was granted).
+    if not decision.allowed and patient_id is not None and actor.role not in _NEVER_BREAK_GLASS:
         decision = _break_glass(decision, actor, action, patient_id, resource_type, labels, emergency, now)
     if scopes is None or not decision.allowed:
         return decision
