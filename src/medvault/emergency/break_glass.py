@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 
 import orjson
-from sqlalchemy import event, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
 from medvault.access.consent import require_aware
@@ -360,6 +360,16 @@ def notifications(*, session: Session, crypto: CryptoContext, patient_id: str, l
         .limit(limit)
     ).all()
     return [PatientNotice(n.id, n.created, n.kind, n.seen, _detail(session, crypto, a, r)) for n, a, r in rows]
+
+
+def unseen_count(*, session: Session, crypto: CryptoContext, patient_id: str) -> int:
+    """How many of this patient's notifications are not yet marked as read."""
+    link = crypto.indexer.pseudonym(patient_id)
+    return int(
+        session.execute(
+            select(func.count()).select_from(Notification).where(Notification.patient_link == link, ~Notification.seen)
+        ).scalar_one()
+    )
 
 
 def mark_seen(*, session: Session, crypto: CryptoContext, patient_id: str, notification_id: str) -> bool:
