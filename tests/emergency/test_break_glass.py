@@ -306,6 +306,10 @@ def test_review_verdict_is_recorded_and_audited(world: World) -> None:
     assert (done.verdict, done.reviewer, done.reviewed) == ("not-justified", "acct-officer", later)
     with unit_of_work(world.env.factory) as session:
         assert bg.review_queue(session=session, crypto=world.env.crypto, actor=officer, pending_only=True) == []
+    reads = [e for e in log_of(world) if e["subtype"][0]["code"] == "break-glass-review-read"]
+    # The first look showed the reason (logged for the patient); the second found nothing pending.
+    assert len(reads) == 1
+    assert all(e["agent"][0]["altId"] == "acct-officer" for e in reads)
     reviews = [e for e in log_of(world) if e["subtype"][0]["code"] == "break-glass-review"]
     assert [e["outcomeDesc"] for e in reviews] == ["break-glass-verdict-not-justified"]
     assert reviews[0]["agent"][0]["altId"] == "acct-officer"

@@ -278,10 +278,17 @@ def _detail(session: Session, crypto: CryptoContext, row: BreakGlassAccess, revi
 
 
 def review_queue(
-    *, session: Session, crypto: CryptoContext, actor: Actor, pending_only: bool = False, limit: int = 200
+    *,
+    session: Session,
+    crypto: CryptoContext,
+    actor: Actor,
+    pending_only: bool = False,
+    limit: int = 200,
+    address: str | None = None,
 ) -> list[AccessDetail]:
     """Emergency accesses for a privacy officer to review, oldest pending first, then reviewed
-    ones newest first."""
+    ones newest first. The officer reads each reason (written about a patient): one audit entry
+    per patient shown, in this transaction."""
     _require_reviewer(actor)
     query = select(BreakGlassAccess, BreakGlassReview).join(
         BreakGlassReview, BreakGlassReview.access_id == BreakGlassAccess.id
@@ -290,6 +297,17 @@ def review_queue(
         query = query.where(BreakGlassReview.reviewed.is_(None))
     rows = session.execute(query.order_by(BreakGlassReview.created).limit(limit)).all()
     details = [_detail(session, crypto, a, r) for a, r in rows]
+    vault = Vault(session, crypto, caller=guard.Caller(actor=actor, via="page", address=address, purpose="HOPERAT"))
+    for patient_id in sorted({d.patient_id for d in details}):
+        guard.record(
+            vault,
+            action="read",
+            interaction="break-glass-review-read",
+            patient_id=patient_id,
+            entities=[],
+            allowed=True,
+            reason="break-glass-review",
+        )
     pending = [d for d in details if d.reviewed is None]
     done = sorted((d for d in details if d.reviewed is not None), key=lambda d: d.start, reverse=True)
     return pending + done

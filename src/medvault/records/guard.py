@@ -168,26 +168,34 @@ def decision_for(
     rtype = str(resource.get("resourceType", ""))
     patient_id = fs.patient_reference(resource)
     grants: list[Grant] = []
-    emergency: list[EmergencyAccess] = []
     if patient_id is not None and caller.actor.role == "clinician":
         grants = _grants(vault, patient_id)
-    if patient_id is not None and caller.actor.role != "patient":
-        emergency = _emergency(vault, patient_id, caller.actor.account_id)
     consent_grant = grant_from_consent(resource) if rtype == "Consent" else None
-    return decide(
-        actor=caller.actor,
-        action=action,
-        patient_id=patient_id,
-        resource_type=rtype,
-        labels=sensitive_labels(resource),
-        grants=grants,
-        now=now or caller.clock(),
-        consent_grant=consent_grant,
-        scopes=caller.scopes,
-        launch_patient=caller.launch_patient,
-        interaction=interaction,
-        emergency=emergency,
-    )
+    labels = sensitive_labels(resource)
+    at = now or caller.clock()
+
+    def ask(emergency: list[EmergencyAccess]) -> Decision:
+        return decide(
+            actor=caller.actor,  # type: ignore[arg-type]  # checked above: not the operator
+            action=action,
+            patient_id=patient_id,
+            resource_type=rtype,
+            labels=labels,
+            grants=grants,
+            now=at,
+            consent_grant=consent_grant,
+            scopes=caller.scopes,
+            launch_patient=caller.launch_patient,
+            interaction=interaction,
+            emergency=emergency,
+        )
+
+    decision = ask([])
+    if decision.allowed or patient_id is None or caller.actor.role != "clinician":
+        return decision
+    # Refused under the grants: only then look for an emergency access (granted reads, the hot
+    # path, pay no extra query). Only a clinician can ever hold one (policy.may_break_glass).
+    return ask(_emergency(vault, patient_id, caller.actor.account_id))
 
 
 def allow(

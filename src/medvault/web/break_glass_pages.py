@@ -185,7 +185,7 @@ def build_router(deps: pages.PageDeps, config: BreakGlassConfig, notifier: bg.No
     def reviews_page(request: Request, *, message: str | None = None, status: int = 200) -> HTMLResponse:
         live, _token = signed_in(request, "privacy-officer")
         with unit_of_work(deps.factory) as session:
-            queue = bg.review_queue(session=session, crypto=deps.crypto, actor=live.actor)
+            queue = bg.review_queue(session=session, crypto=deps.crypto, actor=live.actor, address=address(request))
         rows = [
             {
                 "id": a.id,

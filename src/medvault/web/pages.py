@@ -651,6 +651,7 @@ _INTERACTIONS = {
     "import": "imported records",
     "break-glass": "asked for emergency access (break-the-glass)",
     "break-glass-review": "a privacy officer reviewed an emergency access",
+    "break-glass-review-read": "a privacy officer read an emergency access to review it",
 }
 
 
