@@ -36,6 +36,12 @@ def banner(title: str) -> None:
     print(f"   machine   {platform.node()} / {platform.machine()} / {os.cpu_count()} cores / {platform.platform()}")
     print(f"   python    {sys.version.split()[0]} ({sys.executable})")
     print(f"   code      {git_state()}")
+    try:
+        import medvault  # only to say which copy runs (PYTHONPATH may point elsewhere)
+
+        print(f"   medvault  {Path(medvault.__file__).resolve().parent}")
+    except ImportError:
+        pass
     print(f"   load avg  {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
 

@@ -72,7 +72,10 @@ def test_fhirclient_standalone_patient_launch(served: tuple[World, str]) -> None
 
     browser = requests.Session()
     signed = browser.post(
-        f"{root}/login", data={"login": "pat@example.org", "password": PASSWORD, "code": ""}, allow_redirects=False
+        f"{root}/login",
+        data={"login": "pat@example.org", "password": PASSWORD, "code": ""},
+        headers={"Origin": root},
+        allow_redirects=False,
     )
     assert signed.status_code == 303, signed.text
     cookie = re.search(rf"{COOKIE}=([^;]+)", signed.headers["set-cookie"])

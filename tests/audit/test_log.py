@@ -3,13 +3,15 @@ and the tamper matrix of `audit verify` (modify, delete, reorder, insert, trunca
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from medvault.audit import log as audit_log
 from medvault.audit.errors import CheckpointInvalid
@@ -203,3 +205,77 @@ def test_a_checkpoint_signed_by_another_key_is_refused(vault_env: Any) -> None:
     edited = _checkpoint(vault_env).replace("\n3\n", "\n2\n", 1)
     with pytest.raises(CheckpointInvalid):
         _verify(vault_env, edited)
+
+
+def test_concurrent_appends_leave_no_gap_and_no_fork(vault_env: Any) -> None:
+    """Writers in several threads, each in its own transactions (some rolled back after appending):
+    the committed entries are numbered 0..n-1 with no gap or duplicate, each transaction's entries
+    are consecutive (the head row's lock is held until commit), and the log verifies."""
+    threads, per_thread = 4, 12
+    start = threading.Barrier(threads)
+    committed: list[list[int]] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    class Discard(Exception):
+        pass
+
+    def writer(t: int) -> None:
+        try:
+            start.wait(timeout=30)
+            for i in range(per_thread):
+                try:
+                    with unit_of_work(vault_env.factory) as session:
+                        seqs = [
+                            audit_log.append(
+                                session=session,
+                                crypto=vault_env.crypto,
+                                event=_event(t * 100 + i, f"pat-{t}"),
+                                patient_id=f"pat-{t}",
+                            )
+                            for _ in range(2)
+                        ]
+                        if i % 3 == 2:
+                            raise Discard  # rolled back: its numbers must be reused, not skipped
+                    with lock:
+                        committed.append(seqs)
+                except Discard:
+                    pass
+        except BaseException as exc:  # noqa: BLE001 - re-raised as a failure by the main thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert not errors, errors
+    assert not any(w.is_alive() for w in workers)
+    expected = threads * (per_thread - per_thread // 3) * 2
+    numbers = sorted(s for seqs in committed for s in seqs)
+    assert numbers == list(range(expected))  # dense, no duplicate
+    assert all(b == a + 1 for a, b in committed)  # a transaction's entries are not interleaved
+    with vault_env.factory() as session:
+        assert audit_log.size(session=session) == expected
+        stored = session.execute(select(AuditEntry.seq).order_by(AuditEntry.seq)).scalars().all()
+        assert stored == list(range(expected))
+        for t in range(threads):
+            mine = audit_log.for_patient(session=session, crypto=vault_env.crypto, patient_id=f"pat-{t}")
+            assert len(mine) == (per_thread - per_thread // 3) * 2
+            assert all(e.event["n"] // 100 == t and e.event["n"] % 100 % 3 != 2 for e in mine)
+    report = _verify(vault_env, _checkpoint(vault_env))
+    assert report.ok, report.problems
+    assert report.checked == expected
+
+
+def test_a_database_error_in_the_append_is_sqlalchemys_own(vault_env: Any) -> None:
+    """The append talks to the DBAPI cursor directly; its errors still arrive as SQLAlchemy's
+    exception classes (the importer tells a broken database from a bad file by them), with no
+    parameter values in the message."""
+    with unit_of_work(vault_env.factory) as session:
+        session.execute(text("DROP TABLE audit_head"))
+    with unit_of_work(vault_env.factory) as session, pytest.raises(DBAPIError) as caught:
+        audit_log.append(session=session, crypto=vault_env.crypto, event=_event(0, "pat-a"), patient_id="pat-a")
+    expected = OperationalError if vault_env.settings.is_sqlite else ProgrammingError
+    assert isinstance(caught.value, expected)
+    assert "audit_head" in str(caught.value)

@@ -216,3 +216,68 @@ def test_nothing_readable_at_rest(vault_env: Any, hasher: Hasher, patient_id: st
         assert session.execute(select(Account)).scalar_one().role == "patient"
     for needle in (b"zebedee", b"example.org", b"argon2", patient_id.encode(), b"horse"):
         assert needle not in dump.lower()
+
+
+def _prepare(env: Any, login: str, address: str = ADDR) -> accounts.LoginLookup:
+    with unit_of_work(env.factory) as session:
+        return accounts.prepare_login(session=session, crypto=env.crypto, login=login, client_address=address, now=NOW)
+
+
+def _finish(env: Any, login: str, check: accounts.PasswordCheck, address: str = ADDR) -> accounts.LoginResult:
+    with unit_of_work(env.factory) as session:
+        return accounts.finish_login(
+            session=session,
+            crypto=env.crypto,
+            login=login,
+            second_factor=None,
+            client_address=address,
+            now=NOW,
+            check=check,
+        )
+
+
+def test_concurrent_attempts_cannot_outrun_the_throttle(vault_env: Any, hasher: Hasher) -> None:
+    """A server hashes between two transactions, so many attempts on one name can pass the
+    read-only throttle check at once. The check under lock in `finish_login` still counts every
+    failure and refuses the attempts beyond the free ones, even the one with the right password
+    (which then reveals nothing)."""
+    _create(vault_env, hasher, login="ada", password=GOOD, role="researcher")
+    attempts = ["wrong passphrase number one"] * 5 + [GOOD]
+    lookups = [_prepare(vault_env, "ada", address=f"192.0.2.{20 + i}") for i in range(len(attempts))]
+    assert all(lookup.throttled is None for lookup in lookups)  # all passed before any was counted
+    checks = [
+        accounts.check_password(hasher=hasher, lookup=lookup, password=pw)
+        for lookup, pw in zip(lookups, attempts, strict=True)
+    ]
+    assert [c.result.ok for c in checks] == [False] * 5 + [True]
+    answers = [_finish(vault_env, "ada", check, address=f"192.0.2.{20 + i}").status for i, check in enumerate(checks)]
+    assert answers == ["failed"] * 5 + ["throttled"]
+
+
+def test_a_password_changed_between_the_steps_does_not_sign_in(vault_env: Any, hasher: Hasher) -> None:
+    account_id = _create(vault_env, hasher, login="ada", password=GOOD, role="researcher")
+    lookup = _prepare(vault_env, "ada")
+    check = accounts.check_password(hasher=hasher, lookup=lookup, password=GOOD)
+    assert check.result.ok
+    with unit_of_work(vault_env.factory) as session:
+        accounts.change_password(
+            session=session,
+            crypto=vault_env.crypto,
+            hasher=hasher,
+            account_id=account_id,
+            current=GOOD,
+            new="an entirely new passphrase",
+        )
+    assert _finish(vault_env, "ada", check).status == "failed"
+
+
+def test_unknown_and_disabled_accounts_check_the_dummy(vault_env: Any, hasher: Hasher) -> None:
+    _create(vault_env, hasher, login="ada", password=GOOD, role="researcher")
+    with unit_of_work(vault_env.factory) as session:
+        accounts.set_disabled(session=session, crypto=vault_env.crypto, login="ada", disabled=True)
+    for name in ("ada", "nobody"):
+        lookup = _prepare(vault_env, name)
+        assert lookup == accounts.LoginLookup(throttled=None, stored=None)
+        check = accounts.check_password(hasher=hasher, lookup=lookup, password=GOOD)
+        assert (check.stored, check.result.ok) == (None, False)
+        assert _finish(vault_env, name, check).status == "failed"

@@ -378,3 +378,58 @@ def test_concurrent_hashes_are_bounded_by_the_limiter() -> None:
 
     assert all(result.ok for result in asyncio.run(main()))
     assert peak == 2
+
+
+def test_hashing_is_bounded_and_off_the_event_loop() -> None:
+    """Five verifications at once on a hasher bounded to two: two run (in threads), three wait in
+    its queue, and meanwhile the event loop still runs other work to completion, including a
+    worker-thread call (the rest of a request). Synchronised by events, not by timing."""
+    hasher = Hasher(time_cost=1, memory_cost=256, max_concurrent=2, enforce_owasp_minimum=False)
+    stored = hasher.hash(GOOD)
+    real_verify = hasher.verify
+    release = threading.Event()
+    lock = threading.Lock()
+    running = peak = entered = 0
+    threads: set[str] = set()
+
+    async def main() -> list[VerifyResult]:
+        loop = asyncio.get_running_loop()
+        two_running = asyncio.Event()
+
+        def blocking_verify(*, stored: str, password: str) -> VerifyResult:
+            nonlocal running, peak, entered
+            with lock:
+                running += 1
+                entered += 1
+                peak = max(peak, running)
+                threads.add(threading.current_thread().name)
+                if running == 2:
+                    loop.call_soon_threadsafe(two_running.set)
+            try:
+                assert release.wait(timeout=60), "never released"
+                return real_verify(stored=stored, password=password)
+            finally:
+                with lock:
+                    running -= 1
+
+        hasher.verify = blocking_verify  # type: ignore[method-assign]
+        pending = [asyncio.ensure_future(hasher.verify_async(stored=stored, password=GOOD)) for _ in range(5)]
+        await asyncio.wait_for(two_running.wait(), timeout=60)
+        # Two hashes hold their threads: the loop is free, and other requests' thread work runs.
+        other = await asyncio.wait_for(asyncio.to_thread(lambda: "other request served"), timeout=60)
+        assert other == "other request served"
+        with lock:
+            assert (running, entered) == (2, 2)  # the other three are queued, not running
+        assert not any(task.done() for task in pending)
+        release.set()
+        return list(await asyncio.wait_for(asyncio.gather(*pending), timeout=60))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        release.set()
+    assert all(r.ok for r in results)
+    assert (peak, entered) == (2, 5)
+    assert threads
+    assert all(name.startswith("medvault-argon2") for name in threads)
+    assert threading.main_thread().name not in threads

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import zlib
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
-from medvault.crypto.envelope import Sealer, new_data_key
+from medvault.crypto.armor import armor
+from medvault.crypto.envelope import SEALED, Sealer, new_data_key
 from medvault.crypto.errors import DecryptionFailed
 
 AAD = b"medvault:resource:v1|Observation|o1|1"
@@ -29,6 +31,28 @@ def test_round_trip_any_bytes(data: bytes) -> None:
     key = AESGCM(new_data_key())
     sealer = Sealer()
     assert sealer.open(key, sealer.seal(key, data, AAD), AAD) == data
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 200_000])
+def test_round_trip_on_both_sides_of_the_small_record_compressor(size: int) -> None:
+    # Small plaintexts use a small deflate state, large ones zlib's default: both must round trip
+    # and still compress (JSON repeats itself).
+    data = (b'{"resourceType":"Observation","status":"final"}' * (size // 47 + 1))[:size]
+    key = AESGCM(new_data_key())
+    sealer = Sealer()
+    stored = sealer.seal(key, data, AAD)
+    assert sealer.open(key, stored, AAD) == data
+    if size >= 4095:
+        assert len(stored) < size / 4
+
+
+def test_blobs_sealed_with_the_default_compressor_still_open() -> None:
+    """Blobs written before the small-record compressor (zlib.compress, 32 KiB window) open unchanged."""
+    key = AESGCM(new_data_key())
+    data = b'{"resourceType":"AuditEvent","action":"R"}' * 20
+    nonce = os.urandom(12)
+    old = armor(bytes([SEALED]) + nonce + key.encrypt(nonce, zlib.compress(data, 1), AAD))
+    assert Sealer().open(key, old, AAD) == data
 
 
 def test_wrong_aad_fails() -> None:

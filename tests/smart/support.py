@@ -26,6 +26,8 @@ from tests.helpers import open_vault
 
 PASSWORD = "a long and private passphrase"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+# Sign-in refuses a POST that does not say it comes from our own origin (login CSRF).
+SIGN_IN = {**FORM, "Origin": "https://testserver"}
 REDIRECT = "https://app.example.org/callback"
 
 
@@ -127,7 +129,7 @@ def sign_in(client: TestClient, world: World, *, clinician: bool = False) -> Non
     login = "doc@example.org" if clinician else "pat@example.org"
     code = totp.totp_code(secret=world.clinician_totp, step=totp.time_step(datetime.now(UTC))) if clinician else ""
     body = urlencode({"login": login, "password": PASSWORD, "code": code})
-    response = client.post("/login", content=body, headers=FORM, follow_redirects=False)
+    response = client.post("/login", content=body, headers=SIGN_IN, follow_redirects=False)
     assert response.status_code == 303, response.text
 
 

@@ -17,6 +17,7 @@ from medvault.store.models import OAuthCode, OAuthToken
 from tests.smart.support import (
     FORM,
     REDIRECT,
+    SIGN_IN,
     World,
     auth_params,
     bearer,
@@ -196,14 +197,14 @@ def test_sign_in_comes_back_to_the_request(world: World, client: Any) -> None:
     assert nxt.startswith("/oauth/authorize?")
     form = urlencode({"login": "pat@example.org", "password": "a long and private passphrase", "next": nxt})
     assert f'name="next" value="{nxt}"'.replace("&", "&amp;") in client.get(login_url).text
-    signed = client.post("/login", content=form, headers=FORM, follow_redirects=False)
+    signed = client.post("/login", content=form, headers=SIGN_IN, follow_redirects=False)
     assert signed.headers["location"] == nxt
 
 
 def test_sign_in_never_sends_elsewhere(world: World, client: Any) -> None:
     for nxt in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "/\tx", "oauth/authorize"):
         form = urlencode({"login": "pat@example.org", "password": "a long and private passphrase", "next": nxt})
-        signed = client.post("/login", content=form, headers=FORM, follow_redirects=False)
+        signed = client.post("/login", content=form, headers=SIGN_IN, follow_redirects=False)
         assert signed.headers["location"] == "/", nxt
 
 

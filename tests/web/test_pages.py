@@ -470,3 +470,50 @@ def test_a_non_ascii_csrf_field_is_refused_not_a_server_error(site: Any) -> None
         response = client.post(path, content="csrf=%FF&code=%E9", headers=FORM, follow_redirects=False)
         assert response.status_code == 403, (path, response.status_code)
         assert "expired" in response.text
+
+
+def test_sign_in_hashes_on_the_bounded_pool_holding_no_database_lock(
+    site: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Argon2 runs on the hasher's own threads, between the sign-in's transactions: while it runs,
+    another writer can take SQLite's write lock at once (PostgreSQL: the throttle and account rows),
+    so a burst of sign-ins never makes other requests wait for a hash."""
+    import sqlite3
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    client, env, _pid, _oid = site
+    seen: list[tuple[str, str | None]] = []
+    real_verify = Hasher.verify
+
+    def probing_verify(self: Hasher, *, stored: str, password: str) -> Any:
+        problem = None
+        try:
+            if env.settings.is_sqlite:
+                conn = sqlite3.connect(env.settings.data_dir / "medvault.db", timeout=0, isolation_level=None)
+                try:
+                    conn.execute("BEGIN IMMEDIATE")  # fails at once if the sign-in holds the write lock
+                    conn.execute("ROLLBACK")
+                finally:
+                    conn.close()
+            else:
+                engine = create_engine(env.settings.sqlalchemy_url)
+                try:
+                    with engine.connect() as conn:
+                        conn.execute(text("SELECT key FROM login_throttle FOR UPDATE NOWAIT")).all()
+                        conn.execute(text("SELECT id FROM account FOR UPDATE NOWAIT")).all()
+                        conn.rollback()
+                finally:
+                    engine.dispose()
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            problem = exc.__class__.__name__
+        seen.append((threading.current_thread().name, problem))
+        return real_verify(self, stored=stored, password=password)
+
+    monkeypatch.setattr(Hasher, "verify", probing_verify)
+    assert _login(client).status_code == 303
+    assert _login(client, "not the password at all").status_code == 401
+    assert len(seen) == 2
+    assert all(name.startswith("medvault-argon2") for name, _ in seen), seen
+    assert [problem for _, problem in seen] == [None, None]

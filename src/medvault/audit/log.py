@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import BigInteger, func, insert, select, type_coerce, update
+from sqlalchemy import BigInteger, Dialect, bindparam, func, insert, select, type_coerce, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from medvault.audit import merkle
@@ -32,13 +33,44 @@ NO_PATIENT = bytes(12)
 KEY_NAME = "medvault-audit"
 _AAD = b"medvault:audit:v1|"
 _BATCH = 5000
-# Built once: Core statements on the session's connection (no ORM layer on the hot path).
-_INSERT = insert(AuditEntry)
+# The append runs on every request, so its two statements go to the DBAPI cursor of the session's
+# connection (same transaction), as SQL compiled once per dialect from these Core statements:
+# SQLAlchemy's per-execute work (cache key, compiled-cache lookup, events, result wrapping) cost
+# about as much as SQLite executing them.
 _NEXT_SEQ = update(AuditHead).where(AuditHead.id == 1).values(size=AuditHead.size + 1).returning(AuditHead.size)
+_INSERT_COLUMNS = ("seq", "recorded", "data_key_id", "blob", "patient_token")
+_INSERT = insert(AuditEntry).values({name: bindparam(name) for name in _INSERT_COLUMNS})
+
+
+@dataclass(frozen=True)
+class _Sql:
+    next_seq: str
+    insert: str
+    # Parameter names in the order a positional paramstyle (SQLite's qmark) wants them; None when
+    # the dialect takes a dict (psycopg's pyformat).
+    insert_order: tuple[str, ...] | None
+
+
+_compiled: dict[str, _Sql] = {}
+
+
+def _sql_for(dialect: Dialect) -> _Sql:
+    found = _compiled.get(dialect.name)
+    if found is None:
+        # Its only values are the constants 1 (row id and increment): rendered inline.
+        seq = _NEXT_SEQ.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+        # The entry's values stay parameters in the dialect's own paramstyle.
+        ins = _INSERT.compile(dialect=dialect)
+        order = tuple(ins.positiontup) if ins.positional and ins.positiontup is not None else None
+        found = _compiled[dialect.name] = _Sql(next_seq=str(seq), insert=str(ins), insert_order=order)
+    return found
+
+
+_UTC_MICROS = UtcMicros()  # the column type's own conversion, built once (every append uses it)
 
 
 def _micros(value: datetime) -> int:
-    bound = UtcMicros().process_bind_param(value, None)  # type: ignore[arg-type]
+    bound = _UTC_MICROS.process_bind_param(value, None)  # type: ignore[arg-type]
     assert bound is not None
     return bound
 
@@ -69,26 +101,42 @@ def append(
 ) -> int:
     """Add one entry in the caller's transaction (so a failed audit write fails the action); returns
     its sequence number. The head row lock orders concurrent appends."""
-    # One statement allocates the sequence number and holds the head row's lock until commit
-    # (PostgreSQL row lock; SQLite writers are exclusive anyway). Core, not the ORM: this runs
-    # on every request, and the ORM's unit of work costs more than the two statements.
-    conn = session.connection()  # Core on the session's connection: no ORM bulk-statement layer
-    seq = conn.execute(_NEXT_SEQ).scalar_one() - 1
+    # Everything that does not need the sequence number is done before taking the head row's
+    # lock, so the lock is held for as short a time as possible.
     # One pseudonym per append (every request makes one): it keys the data key and the token.
     link = crypto.indexer.pseudonym(patient_id) if patient_id else None
     owner = link if link is not None else SHARED_OWNER
     dk_id, key = crypto.data_key(session, purpose="clinical", owner=owner)
-    blob = crypto.sealer.seal(key, orjson.dumps(event), _AAD + str(seq).encode())
-    conn.execute(
-        _INSERT,
-        {
-            "seq": seq,
-            "recorded": now or datetime.now(UTC),
-            "data_key_id": dk_id,
-            "blob": blob,
-            "patient_token": _token_of_link(crypto, link) if link is not None else NO_PATIENT,
-        },
-    )
+    plaintext = orjson.dumps(event)
+    token = _token_of_link(crypto, link) if link is not None else NO_PATIENT
+    recorded = _micros(now or datetime.now(UTC))
+    conn = session.connection()  # starts the session's transaction (SQLite: BEGIN IMMEDIATE)
+    sql = _sql_for(conn.dialect)
+    cursor = conn.connection.cursor()  # the DBAPI cursor of that same connection and transaction
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    statement = sql.next_seq
+    try:
+        # One statement allocates the sequence number and holds the head row's lock until commit
+        # (PostgreSQL row lock; SQLite writers are exclusive anyway): numbers are dense and commit
+        # in order.
+        cursor.execute(statement)
+        row = cursor.fetchone()
+        if row is None:
+            raise AuditError("the access log's head row is missing; run `audit verify`")
+        seq = int(row[0]) - 1
+        blob = crypto.sealer.seal(key, plaintext, _AAD + str(seq).encode())
+        values = {"seq": seq, "recorded": recorded, "data_key_id": dk_id, "blob": blob, "patient_token": token}
+        params: Any = values if sql.insert_order is None else tuple(values[k] for k in sql.insert_order)
+        statement = sql.insert
+        cursor.execute(statement, params)
+    except dbapi_error as exc:
+        # The same exception classes SQLAlchemy raises for its own statements (callers such as the
+        # importer tell a locked or broken database from a bad record by them); no parameters in it.
+        raise DBAPIError.instance(
+            statement, None, exc, dbapi_error, hide_parameters=True, dialect=conn.dialect
+        ) from exc
+    finally:
+        cursor.close()
     return seq
 
 

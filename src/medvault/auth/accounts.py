@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from medvault.auth import totp
 from medvault.auth.errors import AuthError, TotpRejected
-from medvault.auth.passwords import Hasher, check_new_password
+from medvault.auth.passwords import Hasher, VerifyResult, check_new_password
 from medvault.auth.throttle import ACCOUNT_POLICY, ADDRESS_POLICY, Throttle, ThrottleState
 from medvault.store.crypto_context import CryptoContext
 from medvault.store.models import Account, LoginThrottle, RecoveryCode, Resource
@@ -178,6 +178,14 @@ def _load_throttle(session: Session, key: bytes) -> ThrottleState:
     return ThrottleState(failures=row.failures, last_failure=row.last_failure, locked=row.locked)
 
 
+def _peek_throttle(session: Session, key: bytes) -> ThrottleState:
+    """The throttle state without creating or locking its row (`prepare_login` reads only)."""
+    row = session.execute(select(LoginThrottle).where(LoginThrottle.key == key)).scalar_one_or_none()
+    if row is None:
+        return ThrottleState()
+    return ThrottleState(failures=row.failures, last_failure=row.last_failure, locked=row.locked)
+
+
 def _store_throttle(session: Session, key: bytes, state: ThrottleState) -> None:
     row = session.get(LoginThrottle, key)
     if row is None:
@@ -263,6 +271,24 @@ def _exists(session: Session, rtype: str, rid: str) -> bool:
     return row is not None and not row.deleted
 
 
+@dataclass(frozen=True)
+class LoginLookup:
+    """What a sign-in needs before hashing (`prepare_login`): a throttle refusal, or the hash to check."""
+
+    throttled: LoginResult | None
+    # The account's stored password hash; None for an unknown or disabled account (the dummy is checked).
+    stored: str | None = None
+
+
+@dataclass(frozen=True)
+class PasswordCheck:
+    """The Argon2 part of a sign-in (`check_password`), done outside any database transaction."""
+
+    stored: str | None  # the hash checked (None: the dummy)
+    result: VerifyResult
+    new_hash: str | None = None  # when the stored hash needs new parameters and the password was right
+
+
 def authenticate(
     *,
     session: Session,
@@ -274,41 +300,95 @@ def authenticate(
     client_address: str,
     now: datetime,
 ) -> LoginResult:
-    """One sign-in attempt. Unknown names, disabled accounts and wrong passwords cost the same
-    Argon2 verification and give the same answer; throttling counts per name (existing or not)
-    and per client address."""
+    """One sign-in attempt in one transaction (CLI, tests). Unknown names, disabled accounts and
+    wrong passwords cost the same Argon2 verification and give the same answer; throttling counts
+    per name (existing or not) and per client address.
+
+    A server uses the three steps separately (`prepare_login`, `check_password` on the hasher's
+    pool, `finish_login`), each step its own transaction, so no transaction is open while Argon2
+    runs: on SQLite a hash inside the login's transaction would hold the write lock that every
+    other request (its access-log entry) needs, for the whole hash."""
+    lookup = prepare_login(session=session, crypto=crypto, login=login, client_address=client_address, now=now)
+    if lookup.throttled is not None:
+        return lookup.throttled
+    with _hash_slots:
+        check = check_password(hasher=hasher, lookup=lookup, password=password)
+    return finish_login(
+        session=session,
+        crypto=crypto,
+        login=login,
+        second_factor=second_factor,
+        client_address=client_address,
+        now=now,
+        check=check,
+    )
+
+
+def prepare_login(
+    *, session: Session, crypto: CryptoContext, login: str, client_address: str, now: datetime
+) -> LoginLookup:
+    """Step 1 (reads only, no locks): refuse a throttled attempt before any hashing, else return the
+    stored hash to check. `finish_login` checks the throttle again under lock: attempts that pass
+    here concurrently are counted there, and one refused there reveals nothing about its password."""
+    name_state = _peek_throttle(session, _throttle_key(crypto, "login", normalise_login(login)))
+    address_state = _peek_throttle(session, _throttle_key(crypto, "address", client_address))
+    refused = _throttled(name_state, address_state, now)
+    if refused is not None:
+        return LoginLookup(throttled=refused)
+    row = session.execute(select(Account).where(Account.login_index == login_index(crypto, login))).scalar_one_or_none()
+    if row is None or row.disabled:
+        return LoginLookup(throttled=None, stored=None)
+    stored = _secret(session, crypto, row).get("password")
+    return LoginLookup(throttled=None, stored=stored if isinstance(stored, str) else None)
+
+
+def check_password(*, hasher: Hasher, lookup: LoginLookup, password: str) -> PasswordCheck:
+    """Step 2 (CPU only, no database): the Argon2 verification, the dummy one for an unknown or
+    disabled account (same cost, same answer), and a rehash when the parameters changed."""
+    if lookup.stored is None:
+        return PasswordCheck(stored=None, result=hasher.dummy_verify(password))
+    result = hasher.verify(stored=lookup.stored, password=password)
+    new_hash = hasher.hash(password) if result.ok and result.needs_rehash else None
+    return PasswordCheck(stored=lookup.stored, result=result, new_hash=new_hash)
+
+
+def finish_login(
+    *,
+    session: Session,
+    crypto: CryptoContext,
+    login: str,
+    second_factor: str | None,
+    client_address: str,
+    now: datetime,
+    check: PasswordCheck,
+) -> LoginResult:
+    """Step 3 (locks the throttle rows and the account): throttle check again, second factor,
+    counting the failure or the success, storing a rehash."""
     name_key = _throttle_key(crypto, "login", normalise_login(login))
     address_key = _throttle_key(crypto, "address", client_address)
     name_state, address_state = _load_throttle(session, name_key), _load_throttle(session, address_key)
-    gates = (
-        _account_throttle.check(state=name_state, now=now),
-        _address_throttle.check(state=address_state, now=now),
-    )
-    blocked = [g for g in gates if not g.allowed]
-    if blocked:
-        return LoginResult("throttled", retry_after=max(g.retry_after for g in blocked))
+    refused = _throttled(name_state, address_state, now)
+    if refused is not None:
+        return refused
 
     # Locked: two concurrent sign-ins with the same one-time code must not both see it unused.
     row = session.execute(
         select(Account).where(Account.login_index == login_index(crypto, login)).with_for_update()
     ).scalar_one_or_none()
     ok = False
-    with _hash_slots:
-        if row is None or row.disabled:
-            hasher.dummy_verify(password)
-        else:
-            secret = _secret(session, crypto, row)
-            result = hasher.verify(stored=secret["password"], password=password)
-            ok = result.ok
+    if row is not None and not row.disabled and check.stored is not None and check.result.ok:
+        secret = _secret(session, crypto, row)
+        # The password checked must still be the account's (not changed, nor the account
+        # disabled, between the steps).
+        ok = hmac.compare_digest(str(secret.get("password", "")), check.stored)
     if ok and row is not None:
         if secret.get("totp"):
             if not second_factor:
                 # The password was right: no failure is counted, the face asks for the code.
                 return LoginResult("second-factor-needed")
             ok = _check_second_factor(session, crypto, row, secret, second_factor, now)
-        if ok and result.needs_rehash:
-            with _hash_slots:
-                secret["password"] = hasher.hash(password)
+        if ok and check.new_hash is not None:
+            secret["password"] = check.new_hash
             row.secret = _seal(session, crypto, row.id, "secret", secret)
     if not ok or row is None:
         _store_throttle(session, name_key, _account_throttle.record_failure(state=name_state, now=now))
@@ -317,6 +397,17 @@ def authenticate(
     _store_throttle(session, name_key, _account_throttle.record_success(state=name_state))
     _store_throttle(session, address_key, _address_throttle.record_success(state=address_state))
     return LoginResult("ok", actor=_actor(session, crypto, row))
+
+
+def _throttled(name_state: ThrottleState, address_state: ThrottleState, now: datetime) -> LoginResult | None:
+    gates = (
+        _account_throttle.check(state=name_state, now=now),
+        _address_throttle.check(state=address_state, now=now),
+    )
+    blocked = [g for g in gates if not g.allowed]
+    if blocked:
+        return LoginResult("throttled", retry_after=max(g.retry_after for g in blocked))
+    return None
 
 
 def _check_second_factor(

@@ -14,29 +14,34 @@ Policy, following SP 800-63B-4 section 3.1.1.2:
 
 Hashing is Argon2id via `argon2-cffi`. Every password is NFKC-normalised before hashing and before
 verifying, so the same passphrase typed on two keyboards (e.g. a full-width or ligature form)
-verifies. Argon2 is deliberately slow, so the async helpers run it in a worker thread under a small
-capacity limiter: the event loop keeps serving other requests, and memory stays bounded (each hash
-holds `memory_cost` KiB while it runs).
+verifies. Argon2 is deliberately slow, so the async helpers run it on the hasher's own small thread
+pool (at most one hash per core but one, further ones queue): the event loop keeps serving other
+requests, a burst of sign-ins queues behind itself instead of taking every core from the requests
+already running, and memory stays bounded (each hash holds `memory_cost` KiB while it runs).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
+import os
 import re
 import secrets
+import threading
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache, partial
-from typing import Literal
+from typing import Literal, TypeVar
 
-import anyio
-import anyio.to_thread
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from medvault.auth.errors import PasswordRejected, PasswordRule
+
+T = TypeVar("T")
 
 # --- policy ----------------------------------------------------------------------------------------
 
@@ -238,9 +243,11 @@ MEMORY_COST_KIB = 65536
 PARALLELISM = 1
 # OWASP's equivalent Argon2id minimums (p=1): time cost -> minimum memory in KiB.
 _OWASP_MIN_MEMORY_KIB = {1: 47104, 2: 19456, 3: 12288, 4: 9216, 5: 7168}
-# Concurrent Argon2 computations per process; beyond this, logins queue instead of each holding
-# another 64 MiB (40 at once, anyio's default thread limit, would be 2.5 GiB).
-MAX_CONCURRENT_HASHES = 4
+# Concurrent Argon2 computations per hasher (the web app has one): one core is left to every other
+# request, so a burst of sign-ins queues behind itself instead of stalling the rest (issue 3: p95 of
+# other requests during 20 concurrent logins under 3x idle). It also bounds memory: 20 at once
+# would hold 1.25 GiB.
+MAX_CONCURRENT_HASHES = max(1, (os.cpu_count() or 2) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,8 +298,13 @@ class Hasher:
         # cost a hash *and* a verify, a timing difference an attacker could observe. The secret is
         # random and forgotten, so no password can match it.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(32))
-        # Created outside any event loop, anyio binds it to the loop on first use.
-        self._limiter = anyio.CapacityLimiter(max_concurrent)
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        self.max_concurrent = max_concurrent
+        # Dedicated threads, made on first async use: a hash waiting for one queues in the pool
+        # (no thread, no memory), and never takes a thread other requests need.
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @property
     def parameters(self) -> argon2.Parameters:
@@ -332,16 +344,24 @@ class Hasher:
             self._hasher.verify(self._dummy_hash, secret)
         return _REJECTED
 
+    async def run_async(self, work: Callable[[], T]) -> T:
+        """Run Argon2 work (calls to this hasher) on its pool: off the event loop, at most
+        `max_concurrent` at once, the rest queued in order. Keep database transactions out of
+        `work`: a hash inside one would hold its locks (SQLite's write lock) for the whole hash."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.max_concurrent, thread_name_prefix="medvault-argon2")
+            pool = self._pool
+        return await asyncio.wrap_future(pool.submit(work))
+
     async def hash_async(self, password: str) -> str:
-        """`hash` in a worker thread, so the event loop keeps serving other requests meanwhile."""
-        return await anyio.to_thread.run_sync(self.hash, password, limiter=self._limiter)
+        """`hash` on the hasher's pool, so the event loop keeps serving other requests meanwhile."""
+        return await self.run_async(partial(self.hash, password))
 
     async def verify_async(self, *, stored: str, password: str) -> VerifyResult:
-        """`verify` in a worker thread, so the event loop keeps serving other requests meanwhile."""
-        return await anyio.to_thread.run_sync(
-            partial(self.verify, stored=stored, password=password), limiter=self._limiter
-        )
+        """`verify` on the hasher's pool, so the event loop keeps serving other requests meanwhile."""
+        return await self.run_async(partial(self.verify, stored=stored, password=password))
 
     async def dummy_verify_async(self, password: str) -> VerifyResult:
-        """`dummy_verify` in a worker thread (same thread pool and limiter as `verify_async`)."""
-        return await anyio.to_thread.run_sync(self.dummy_verify, password, limiter=self._limiter)
+        """`dummy_verify` on the hasher's pool (same pool and bound as `verify_async`)."""
+        return await self.run_async(partial(self.dummy_verify, password))

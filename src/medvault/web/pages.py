@@ -10,8 +10,10 @@ The pages are a face: they call the auth and audit services and never touch tabl
 from __future__ import annotations
 
 import ipaddress
+import threading
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -68,13 +70,16 @@ class PageDeps:
     factory: sessionmaker[Session]
     crypto: CryptoContext
     _hasher: Hasher | None = field(default=None, repr=False)
+    _hasher_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def hasher(self) -> Hasher:
         # Made on first sign-in, not at start-up: building one costs an Argon2 hash (~0.2 s).
-        if self._hasher is None:
-            self._hasher = Hasher()
-        return self._hasher
+        # Locked: concurrent first sign-ins must share one hasher (and its bounded pool).
+        with self._hasher_lock:
+            if self._hasher is None:
+                self._hasher = Hasher()
+            return self._hasher
 
 
 def page(name: str, *, status: int = 200, **context: Any) -> HTMLResponse:
@@ -192,17 +197,25 @@ def build_router(deps: PageDeps) -> APIRouter:
         login_name = form.get("login", "")[:254]
         address = throttle_address(request.client.host if request.client else "unknown")
 
-        def attempt() -> tuple[accounts.LoginResult, str | None]:
+        password = form.get("password", "")[:1024]
+        second_factor = form.get("code", "").strip()[:64] or None
+
+        def look() -> accounts.LoginLookup:
             with unit_of_work(deps.factory) as session:
-                result = accounts.authenticate(
+                return accounts.prepare_login(
+                    session=session, crypto=deps.crypto, login=login_name, client_address=address, now=now()
+                )
+
+        def finish(check: accounts.PasswordCheck) -> tuple[accounts.LoginResult, str | None]:
+            with unit_of_work(deps.factory) as session:
+                result = accounts.finish_login(
                     session=session,
                     crypto=deps.crypto,
-                    hasher=deps.hasher,
                     login=login_name,
-                    password=form.get("password", "")[:1024],
-                    second_factor=form.get("code", "").strip()[:64] or None,
+                    second_factor=second_factor,
                     client_address=address,
                     now=now(),
+                    check=check,
                 )
                 token = None
                 if result.status == "ok" and result.actor is not None:
@@ -212,8 +225,19 @@ def build_router(deps: PageDeps) -> APIRouter:
                     token = sessions.start(session=session, actor=result.actor, stage=stage, now=now())
                 return result, token
 
-        # Argon2 and the database run in a worker thread: one sign-in never stalls other requests.
-        result, token = await anyio.to_thread.run_sync(attempt)
+        # Three steps, none on the event loop: the database reads and writes in worker threads,
+        # Argon2 on the hasher's own bounded pool between them, outside any transaction (a hash
+        # inside one would hold SQLite's write lock, which every other request's access-log entry
+        # needs). A burst of sign-ins queues on that pool; other requests keep a core and the lock.
+        lookup = await anyio.to_thread.run_sync(look)
+        if lookup.throttled is not None:
+            result, token = lookup.throttled, None
+        else:
+            hasher = await anyio.to_thread.run_sync(lambda: deps.hasher)  # the first one costs a hash
+            check = await hasher.run_async(
+                partial(accounts.check_password, hasher=hasher, lookup=lookup, password=password)
+            )
+            result, token = await anyio.to_thread.run_sync(finish, check)
         if result.status == "ok" and token is not None:
             target = (
                 "/me/authenticator"
