@@ -39,6 +39,11 @@ def test_break_glass_flow_end_to_end(site: Any, caplog: pytest.LogCaptureFixture
     )
     po_secret = _enrolled(env, login="po@example.org", password="privacy passphrase", role="privacy-officer")
 
+    # Signed out (a responder following the viewer's link): sign in first, then back to the form.
+    to_login = client.get(f"/break-glass?patient={pid}", follow_redirects=False)
+    assert to_login.status_code == 303
+    assert to_login.headers["location"] == "/login?" + urlencode({"next": f"/break-glass?patient={pid}"})
+    assert f'value="/break-glass?patient={pid}"' in client.get(to_login.headers["location"]).text
     assert _login(client, "emergency passphrase", _now_code(dr_secret), login="er@example.org").status_code == 303
     refused = client.get(f"/patients/{pid}")
     assert refused.status_code == 404

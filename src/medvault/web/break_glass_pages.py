@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
@@ -85,8 +86,14 @@ def build_router(deps: pages.PageDeps, config: BreakGlassConfig, notifier: bg.No
         )
 
     @router.get("/break-glass")
-    def break_glass_form(request: Request) -> HTMLResponse:
-        return form_page(request, patient=request.query_params.get("patient", "")[:64])
+    def break_glass_form(request: Request) -> Response:
+        patient = request.query_params.get("patient", "")[:64]
+        try:
+            return form_page(request, patient=patient)
+        except pages.SignInRequired:
+            # A responder arriving from the viewer or a link: sign in, then back to this form.
+            target = "/break-glass" + (f"?patient={patient}" if is_fhir_id(patient) else "")
+            return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
 
     @router.post("/break-glass")
     async def break_glass(request: Request) -> Response:
