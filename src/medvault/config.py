@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medvault.errors import ConfigError
 
+# Roles that may be configured as break-glass eligible: only those that treat. An empty setting
+# turns break-the-glass off; a privacy officer is never eligible (they review the accesses).
+BREAK_GLASS_ELIGIBLE = frozenset({"clinician"})
+
 
 class Settings(BaseSettings):
     """Runtime configuration, from `MEDVAULT_*` environment variables or CLI options."""
@@ -30,6 +34,10 @@ class Settings(BaseSettings):
     alert_patients_per_hour: int = Field(default=50, ge=1, le=100_000)
     # Planned number of patients: sizes the truncated blind indexes at `medvault init`.
     expected_patients: int = Field(default=1000, ge=1, le=1_000_000_000)
+    # Break-the-glass (design-emergency.md): how long an emergency access lasts, and which roles may
+    # ask for one (empty: switched off). Other roles can never be made eligible (validator below).
+    break_glass_hours: int = Field(default=4, ge=1, le=24)
+    break_glass_roles: tuple[str, ...] = ("clinician",)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -42,6 +50,13 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "MEDVAULT_UNSAFE_DISABLE_AUDIT is a benchmark-only switch; "
                 "it is refused unless MEDVAULT_ENVIRONMENT=benchmark"
+            )
+        refused = set(self.break_glass_roles) - BREAK_GLASS_ELIGIBLE
+        if refused:
+            raise ConfigError(
+                "MEDVAULT_BREAK_GLASS_ROLES may name only "
+                + ", ".join(sorted(BREAK_GLASS_ELIGIBLE))
+                + " (patients, researchers, privacy officers and admins never get emergency access)"
             )
         return self
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from medvault.access.consent import Grant, consent_resource, grant_from_consent, revoked
 from medvault.access.errors import ClockInvalid
 from medvault.access.labels import SENSITIVE_TAGS
-from medvault.access.policy import Action, Decision, Reason, decide
+from medvault.access.policy import Action, Decision, EmergencyAccess, Reason, decide, may_break_glass
 from medvault.auth.accounts import ROLES, Actor
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -492,3 +493,70 @@ def test_reasons_are_fixed_codes() -> None:
     declared = set(get_args(Reason))
     for _, actor, kwargs, _, _ in MATRIX:
         assert ask(actor, **kwargs).reason in declared
+
+
+# -- break-the-glass -------------------------------------------------------------------------
+
+EMERGENCY = EmergencyAccess(patient_id="p1", account_id="a-doc", start=NOW - timedelta(hours=1), end=NOW + DAY)
+
+
+@settings(max_examples=300, deadline=None)
+@given(action=actions, rtype=types, labels=tags, grants=grants, in_force=st.booleans(), mine=st.booleans())
+def test_break_glass_adds_only_reads_of_what_the_patient_has_not_hidden(
+    action: Action, rtype: str, labels: frozenset[str], grants: tuple[Grant, ...], in_force: bool, mine: bool
+) -> None:
+    access = EmergencyAccess(
+        patient_id="p1",
+        account_id="a-doc" if mine else "a-doc2",
+        start=NOW - timedelta(hours=1),
+        end=NOW + (DAY if in_force else -timedelta(minutes=1)),
+    )
+    without = ask(DOCTOR, action=action, resource_type=rtype, labels=labels, grants=grants)
+    with_it = decide(
+        actor=DOCTOR,
+        action=action,
+        patient_id="p1",
+        resource_type=rtype,
+        labels=labels,
+        grants=grants,
+        now=NOW,
+        emergency=(access,),
+    )
+    if without.allowed:
+        assert with_it == without  # a grant decides as before: such reads are not flagged
+    elif in_force and mine:
+        may = action in {"read", "search"} and not labels and rtype != "Consent"
+        assert with_it.allowed == may
+        assert with_it.reason.startswith("break-glass")
+        if with_it.allowed:
+            assert with_it.reason == "break-glass"
+        elif labels or rtype == "Consent":
+            assert with_it.hide_as_missing or action not in {"read", "search"}
+    else:
+        assert with_it == without  # expired, or someone else's access: nothing changes
+
+
+@pytest.mark.parametrize("role", ["patient", "researcher", "privacy-officer", "admin"])
+def test_break_glass_never_opens_other_roles_or_patients(role: Any) -> None:
+    actor = Actor(account_id="a-doc", role=role, patient_id="p2", mfa_enrolled=True)
+    decision = decide(
+        actor=actor,
+        action="read",
+        patient_id="p1",
+        resource_type="Observation",
+        labels=frozenset(),
+        grants=(),
+        now=NOW,
+        emergency=(EMERGENCY,),
+    )
+    # Not even with an access in force (a forged row, or a role changed after it was granted).
+    assert outcome(decision) == HIDDEN
+    assert not may_break_glass(actor=actor, eligible_roles=frozenset(ROLES)).allowed
+
+
+def test_may_break_glass() -> None:
+    eligible = frozenset({"clinician"})
+    assert may_break_glass(actor=replace(DOCTOR, mfa_enrolled=True), eligible_roles=eligible).allowed
+    assert may_break_glass(actor=DOCTOR, eligible_roles=eligible).reason == "break-glass-needs-mfa"
+    switched_off = may_break_glass(actor=replace(DOCTOR, mfa_enrolled=True), eligible_roles=frozenset())
+    assert switched_off.reason == "break-glass-role-not-eligible"

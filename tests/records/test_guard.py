@@ -14,6 +14,8 @@ import pytest
 from medvault.access.consent import consent_resource, revoked
 from medvault.audit import log as audit_log
 from medvault.auth.accounts import Actor
+from medvault.db import unit_of_work
+from medvault.emergency import break_glass
 from medvault.records import bundles, guard, service
 from medvault.records.errors import NotFound
 from medvault.records.guard import Caller, Forbidden, Hidden, NoCaller
@@ -432,3 +434,34 @@ def test_a_grant_to_an_organization_counts_for_its_clinicians(world: World) -> N
         service.update(vault=v, rtype="PractitionerRole", rid=current["id"], resource=current, if_match=None)
     with pytest.raises(Hidden), acting(world.env, clinician(world.dr2)) as v:
         service.read(vault=v, rtype="Observation", rid=world.bob_obs)
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_break_glass_opens_read_paths_but_not_hidden_labels(world: World, path: str) -> None:
+    """Dr Two has no grant; with an emergency access in force every read path shows Alice's
+    ordinary record (flagged in the log), her sensitive Condition stays hidden, and Bob's record
+    (no access to him) stays as missing as before."""
+    dr2 = clinician(world.dr2)
+    with unit_of_work(world.env.factory) as session:
+        break_glass.request_emergency_access(
+            session=session,
+            crypto=world.env.crypto,
+            actor=dr2,
+            patient_id=world.alice,
+            reason="Collapsed in clinic, unresponsive, need medication list",
+            purpose="ETREAT",
+            now=datetime.now(UTC),
+        )
+    with acting(world.env, dr2) as v:
+        READ_PATHS[path](v, world, world.obs)
+    with pytest.raises(Hidden), acting(world.env, dr2) as v:
+        service.read(vault=v, rtype="Condition", rid=world.hiv)
+    with pytest.raises(NotFound), acting(world.env, dr2) as v:
+        READ_PATHS[path](v, world, world.bob_obs)
+    with open_vault(world.env) as v:
+        log = audit_log.for_patient(session=v.session, crypto=v.crypto, patient_id=world.alice)
+    mine = [e.event for e in log if e.event["agent"][0]["who"] == {"reference": f"Practitioner/{world.dr2}"}]
+    shown = [e for e in mine if e["outcome"] == "0" and e["subtype"][0]["code"] != "break-glass"]
+    assert shown
+    assert all(e["outcomeDesc"] == "break-glass" for e in shown)
+    assert all(e["purposeOfEvent"][0]["coding"][0]["code"] == "ETREAT" for e in shown)

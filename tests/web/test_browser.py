@@ -254,7 +254,7 @@ def test_share_view_revoke_denied_and_logged(vault_env: Any, served: str) -> Non
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_other_pages_fit_a_phone(vault_env: Any, served: str) -> None:
     """Sign-in, authenticator set-up (QR code and key), the privacy officer's alerts: no sideways
-    scroll at 360 px, and the officer's navigation offers alerts only."""
+    scroll at 360 px, and the officer's navigation offers alerts and emergency access reviews only."""
     from playwright.sync_api import sync_playwright
 
     from medvault.audit import alerts
@@ -287,7 +287,7 @@ def test_other_pages_fit_a_phone(vault_env: Any, served: str) -> None:
             _no_sideways_scroll(page)
             _sign_in(page, base, "po@example.org", "privacy officer passphrase", officer)
             _no_sideways_scroll(page)
-            assert page.locator("nav.main a").all_inner_texts() == ["Alerts"]
+            assert page.locator("nav.main a").all_inner_texts() == ["Alerts", "Emergency access reviews"]
             page.locator("nav.main a", has_text="Alerts").click()
             page.wait_for_url(f"{base}/alerts")
             assert page.get_by_text("Decoy record touched").count() == 1

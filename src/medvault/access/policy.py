@@ -17,7 +17,16 @@ Default deny; the rules, in order:
   with the labels of its new content). Never deletes. Consent resources: reads the one naming them
   while it is in force; only the patient writes grants.
 * **Researcher, privacy officer, admin**: no clinical access here (research and audit have their own
-  faces; break-glass is a later issue).
+  faces).
+* **Break-the-glass** (design-emergency.md): when the rules above refuse a clinician (never a
+  patient, researcher, privacy officer or admin, whatever the table says) who holds an emergency
+  access to this patient *in force* (`emergency`, read from the database per unit of work like
+  grants; only an eligible clinician can obtain one, see `may_break_glass`), reads and searches
+  are allowed, limited to what the patient has not hidden: a resource with any sensitive label
+  stays hidden (a grant naming the label is the patient's only way to show it), and Consents
+  (who else may see the record) are not disclosed. No writes and no deletes: emergency access is
+  for looking, care is recorded under a grant. An allowed read says `reason="break-glass"`,
+  which the guard turns into an ETREAT, flagged audit entry.
 
 `hide_as_missing` tells the face how to refuse: True for an actor with no relationship to the
 patient (no grant in force, another patient, a role without clinical access), who must get the same
@@ -103,7 +112,27 @@ Reason = Literal[
     "unlinked-resource",
     "outside-token-scope",
     "outside-launch-patient",
+    "break-glass",
+    "break-glass-read-only",
+    "break-glass-hidden-label",
+    "break-glass-no-consents",
+    "break-glass-role-not-eligible",
+    "break-glass-needs-mfa",
 ]
+
+
+@dataclass(frozen=True)
+class EmergencyAccess:
+    """A break-the-glass access: `account_id` may read `patient_id`'s record from `start` to `end`."""
+
+    patient_id: str
+    account_id: str
+    start: datetime
+    end: datetime
+
+    def in_force(self, now: datetime) -> bool:
+        require_aware(now, what="now")
+        return self.start <= now < self.end
 
 
 @dataclass(frozen=True)
@@ -137,6 +166,7 @@ def decide(
     scopes: smart_scopes.Scopes | None = None,
     launch_patient: str | None = None,
     interaction: str | None = None,
+    emergency: Sequence[EmergencyAccess] = (),
 ) -> Decision:
     """Decide one access.
 
@@ -149,8 +179,14 @@ def decide(
     `consent_grant`: for resource_type "Consent", that Consent read with `grant_from_consent`.
     `scopes`, `launch_patient`: a SMART app token's scopes and launch context (None: no app);
     `interaction` tells a create ("c") from an update ("u") for a write.
+    `emergency`: break-the-glass accesses of this actor to this patient, freshly read; ones for
+    anyone else, not yet started or expired are ignored.
     """
     decision = _decide(actor, action, patient_id, resource_type, labels, grants, now, organization_ids, consent_grant)
+    # Defence in depth: roles that can never obtain an emergency access are not let in by one
+    # either (a row forged into the table, or a role changed after the access was granted).
+    if not decision.allowed and patient_id is not None and actor.role not in _NEVER_BREAK_GLASS:
+        decision = _break_glass(decision, actor, action, patient_id, resource_type, labels, emergency, now)
     if scopes is None or not decision.allowed:
         return decision
     verdict = smart_scopes.permits(
@@ -249,6 +285,46 @@ def _clinician(
         # behind an Encounter's reasonReference), which is what "stay hidden" rules out.
         return _deny("sensitive-label-not-granted", hide=True)
     return _allow("grant")
+
+
+def _break_glass(
+    refused: Decision,
+    actor: Actor,
+    action: Action,
+    patient_id: str,
+    resource_type: str,
+    labels: frozenset[str],
+    emergency: Sequence[EmergencyAccess],
+    now: datetime,
+) -> Decision:
+    """What an emergency access in force adds to a refusal (nothing without one)."""
+    if not any(e.patient_id == patient_id and e.account_id == actor.account_id and e.in_force(now) for e in emergency):
+        return refused
+    if action not in READ_ACTIONS:
+        # The clinician knows the record exists (they were let in): refuse openly.
+        return _deny("break-glass-read-only", hide=False)
+    if labels:
+        # Hidden, as for a grant not naming the label: a 403 would say a sensitive record exists.
+        return _deny("break-glass-hidden-label", hide=True)
+    if resource_type == "Consent":
+        return _deny("break-glass-no-consents", hide=True)
+    return _allow("break-glass")
+
+
+# Whatever the configuration says: these roles never get emergency access.
+_NEVER_BREAK_GLASS: Final[frozenset[str]] = frozenset({"patient", "researcher", "privacy-officer", "admin"})
+
+
+def may_break_glass(*, actor: Actor, eligible_roles: frozenset[str]) -> Decision:
+    """May this actor ask for emergency access at all? Only a configured role (clinician by
+    default; never a patient, researcher, privacy officer or admin) with a second factor enrolled
+    (AAL2: an emergency access is the widest read there is). The refusal is open (403): the asker
+    is signed in and learns nothing about any patient from it."""
+    if actor.role in _NEVER_BREAK_GLASS or actor.role not in eligible_roles:
+        return _deny("break-glass-role-not-eligible", hide=False)
+    if not actor.mfa_enrolled:
+        return _deny("break-glass-needs-mfa", hide=False)
+    return _allow("break-glass")
 
 
 def _grantee_refs(actor: Actor, organization_ids: frozenset[str]) -> frozenset[str]:

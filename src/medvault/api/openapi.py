@@ -134,6 +134,17 @@ _PAGE_FORMS: dict[str, dict[str, Any]] = {
     },
     "/me/sharing/revoke": {"csrf": _TEXT, "consent": {"type": "string", "pattern": FHIR_ID_PATTERN}},
     "/alerts/acknowledge": {"csrf": _TEXT, "alert": _TEXT},
+    # Free text on purpose (confirm and purpose too): a generated request that met every condition
+    # would open the seeded records, which is what break-the-glass is for, not a leak to look for.
+    "/break-glass": {
+        "csrf": _TEXT,
+        "patient": {"type": "string", "pattern": FHIR_ID_PATTERN},
+        "purpose": _TEXT,
+        "reason": _TEXT,
+        "confirm": _TEXT,
+    },
+    "/me/notifications/seen": {"csrf": _TEXT, "notification": _TEXT},
+    "/reviews/verdict": {"csrf": _TEXT, "access": _TEXT, "verdict": _TEXT},
 }
 # Page path parameters that name a FHIR resource.
 _PAGE_ID_PARAMS = frozenset({"patient_id"})

@@ -13,15 +13,17 @@ as its account, with `Caller.scopes` narrowing what the policy allows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from sqlalchemy import select
+
 from medvault.access.consent import Grant, grant_from_consent, organizations_of_roles
 from medvault.access.labels import sensitive_labels
-from medvault.access.policy import Action, Decision, decide
+from medvault.access.policy import Action, Decision, EmergencyAccess, decide
 from medvault.audit import alerts
 from medvault.audit import log as audit_log
 from medvault.errors import MedvaultError
@@ -30,6 +32,7 @@ from medvault.records import search as record_search
 from medvault.records.errors import NotFound
 from medvault.records.vault import Vault
 from medvault.smart.scopes import Scopes, letter_for, type_permitted
+from medvault.store.models import BreakGlassAccess
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +44,14 @@ if TYPE_CHECKING:
 Via = Literal["api", "page", "cli", "smart", "import"]
 # FHIR AuditEvent.action: C create, R read/vread/history, U update, D delete, E execute (search).
 _AUDIT_ACTION = {"read": "R", "search": "E", "write": "U", "delete": "D"}
+# Break-the-glass entries (design-emergency.md): purpose of use "emergency treatment", the reason
+# code starting "break-glass", and this extension, so a reviewer filters them without parsing text.
+BREAK_GLASS_PURPOSE = "ETREAT"
+BREAK_GLASS_EXTENSION = "https://medvault.example/fhir/StructureDefinition/audit-break-glass"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,8 @@ class Caller:
     # A SMART app token's scopes and launch patient: the policy narrows the actor's access to them.
     scopes: Scopes | None = None
     launch_patient: str | None = None
+    # The clock access decisions use (grant periods, emergency access expiry): injected in tests.
+    clock: Callable[[], datetime] = _utc_now
 
 
 OPERATOR_CLI = Caller(actor=None, via="cli")
@@ -106,6 +119,7 @@ class _Grants:
     """A patient's consent grants, read once per unit of work (revocation applies from the next one)."""
 
     by_patient: dict[str, list[Grant]] = field(default_factory=dict)
+    emergency: dict[str, list[EmergencyAccess]] = field(default_factory=dict)
 
 
 def caller_of(vault: Vault) -> Caller:
@@ -143,6 +157,22 @@ def organizations_of(vault: Vault, now: datetime | None = None) -> frozenset[str
     return orgs
 
 
+def _emergency(vault: Vault, patient_id: str, account_id: str) -> list[EmergencyAccess]:
+    """This account's break-the-glass accesses to this patient, read once per unit of work like
+    grants (so expiry and any early end apply from the next request). Expired rows are returned
+    too: the policy judges them against the caller's clock."""
+    cache: _Grants = vault.session.info.setdefault("medvault_grants", _Grants())
+    if patient_id not in cache.emergency:
+        link = vault.crypto.indexer.pseudonym(patient_id)
+        rows = vault.session.execute(
+            select(BreakGlassAccess.started, BreakGlassAccess.expires).where(
+                BreakGlassAccess.patient_link == link, BreakGlassAccess.account_id == account_id
+            )
+        ).all()
+        cache.emergency[patient_id] = [EmergencyAccess(patient_id, account_id, start, end) for start, end in rows]
+    return cache.emergency[patient_id]
+
+
 def decision_for(
     vault: Vault,
     *,
@@ -161,20 +191,35 @@ def decision_for(
     if patient_id is not None and caller.actor.role == "clinician":
         grants = _grants(vault, patient_id)
     consent_grant = grant_from_consent(resource) if rtype == "Consent" else None
-    return decide(
-        actor=caller.actor,
-        action=action,
-        patient_id=patient_id,
-        resource_type=rtype,
-        labels=sensitive_labels(resource),
-        grants=grants,
-        now=now or datetime.now(UTC),
-        consent_grant=consent_grant,
-        organization_ids=organizations_of(vault) if caller.actor.role == "clinician" else frozenset(),
-        scopes=caller.scopes,
-        launch_patient=caller.launch_patient,
-        interaction=interaction,
-    )
+    labels = sensitive_labels(resource)
+    at = now or caller.clock()
+
+    actor = caller.actor
+    organizations = organizations_of(vault, at) if actor.role == "clinician" else frozenset()
+
+    def ask(emergency: list[EmergencyAccess]) -> Decision:
+        return decide(
+            actor=actor,
+            action=action,
+            patient_id=patient_id,
+            resource_type=rtype,
+            labels=labels,
+            grants=grants,
+            now=at,
+            consent_grant=consent_grant,
+            organization_ids=organizations,
+            scopes=caller.scopes,
+            launch_patient=caller.launch_patient,
+            interaction=interaction,
+            emergency=emergency,
+        )
+
+    decision = ask([])
+    if decision.allowed or patient_id is None or caller.actor.role != "clinician":
+        return decision
+    # Refused under the grants: only then look for an emergency access (granted reads, the hot
+    # path, pay no extra query). Only a clinician can ever hold one (policy.may_break_glass).
+    return ask(_emergency(vault, patient_id, caller.actor.account_id))
 
 
 def allow(
@@ -232,12 +277,16 @@ class Visibility:
         self.vault, self.action, self.interaction = vault, action, interaction
         self.shown: dict[str | None, list[str]] = {}
         self.withheld: dict[str | None, str] = {}
+        # Patients some of whose records were shown under break-the-glass: their entry is flagged.
+        self.emergency: set[str | None] = set()
 
     def __call__(self, resource: dict[str, Any]) -> bool:
         decision = decision_for(self.vault, action=self.action, resource=resource, interaction=self.interaction)
         patient = fs.patient_reference(resource)
         if decision.allowed:
             self.shown.setdefault(patient, []).append(f"{resource.get('resourceType')}/{resource.get('id')}")
+            if decision.reason == "break-glass":
+                self.emergency.add(patient)
         else:
             self.withheld.setdefault(patient, decision.reason)
         return decision.allowed
@@ -254,7 +303,7 @@ class Visibility:
                 patient_id=patient,
                 entities=refs[:50],  # the entry names the patient; a long list adds nothing
                 allowed=True,
-                reason="operator" if caller.actor is None else "grant",
+                reason="operator" if caller.actor is None else "break-glass" if patient in self.emergency else "grant",
             )
         for patient, reason in self.withheld.items():
             record(
@@ -365,8 +414,12 @@ def record(
     entities: Iterable[str],
     allowed: bool,
     reason: str,
+    event_action: str | None = None,
 ) -> None:
-    """Append one FHIR AuditEvent for this caller (same transaction as the action)."""
+    """Append one FHIR AuditEvent for this caller (same transaction as the action). The reason code
+    "break-glass" or the interaction "break-glass" make it a flagged emergency entry (purpose
+    ETREAT plus an extension).
+    `event_action`: the AuditEvent action code when it is not the one `action` maps to."""
     caller = caller_of(vault)
     if not caller.audited:
         return
@@ -395,6 +448,9 @@ def record(
     if caller.client_id:
         agents.append({"who": {"identifier": {"value": caller.client_id}}, "requestor": False, "altId": "app"})
     now = datetime.now(UTC)
+    # Flagged: a read under an emergency access, and every emergency access request (either outcome).
+    emergency = reason == "break-glass" or interaction == "break-glass"
+    purpose = BREAK_GLASS_PURPOSE if emergency else caller.purpose
     entity = [{"what": {"reference": ref}} for ref in entities]
     if patient_id:
         entity.append({"what": {"reference": f"Patient/{patient_id}"}, "type": {"code": "1"}})
@@ -402,17 +458,19 @@ def record(
         "resourceType": "AuditEvent",
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": interaction}],
-        "action": _AUDIT_ACTION[action],
+        "action": event_action or _AUDIT_ACTION[action],
         "recorded": now.isoformat().replace("+00:00", "Z"),
         "outcome": "0" if allowed else "4",
         "outcomeDesc": reason,
         "purposeOfEvent": [
-            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": caller.purpose}]}
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}]}
         ],
         "agent": agents,
         "source": {"observer": {"display": "medvault"}, "type": [{"code": "4" if caller.via == "api" else "1"}]},
         "entity": entity,
     }
+    if emergency:
+        event["extension"] = [{"url": BREAK_GLASS_EXTENSION, "valueBoolean": True}]
     # No vault.flush() first: the entry is independent of the rows the vault buffers, and
     # flushing here would break the importer's batching of inserts across files.
     audit_log.append(session=vault.session, crypto=vault.crypto, event=event, patient_id=patient_id, now=now)

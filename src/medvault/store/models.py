@@ -394,3 +394,54 @@ class ShlLocation(Base):
 
     def __repr__(self) -> str:
         return "ShlLocation(…)"
+
+
+class BreakGlassAccess(Base):
+    """An emergency (break-the-glass) access: one account may read one patient's record until
+    `expires`. The patient is held as their pseudonym; the written reason, the patient id and the
+    clinician's Practitioner id are sealed under the patient's clinical data key (erasing the
+    patient erases the reason too)."""
+
+    __tablename__ = "break_glass_access"
+    __table_args__ = (UniqueConstraint("id"), Index(None, "patient_link", "account_id"))
+    id: Mapped[str] = mapped_column(String(32))
+    patient_link: Mapped[bytes] = mapped_column(LargeBinary(16))
+    account_id: Mapped[str] = mapped_column(String(32))
+    started: Mapped[datetime] = mapped_column(UtcMicros)
+    expires: Mapped[datetime] = mapped_column(UtcMicros)
+    data_key_id: Mapped[int] = mapped_column(BigInteger)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"BreakGlassAccess({self.id}, account={self.account_id})"
+
+
+class BreakGlassReview(Base):
+    """The privacy officer's review of one emergency access: pending (`verdict` None) until an
+    officer records justified / not-justified / unclear."""
+
+    __tablename__ = "break_glass_review"
+    __table_args__ = (UniqueConstraint("access_id"), Index(None, "reviewed", "created"))
+    access_id: Mapped[str] = mapped_column(ForeignKey("break_glass_access.id", ondelete="CASCADE"))
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reviewer: Mapped[str | None] = mapped_column(String(32), nullable=True)  # account id
+    reviewed: Mapped[datetime | None] = mapped_column(UtcMicros, nullable=True)
+    __mapper_args__ = {"primary_key": [access_id]}  # noqa: RUF012
+
+
+class Notification(Base):
+    """Something a patient should know about (today: an emergency access to their record). The
+    row holds a fixed kind and a reference, no text: the page builds the message from the sealed
+    row it refers to."""
+
+    __tablename__ = "notification"
+    __table_args__ = (UniqueConstraint("id"), Index(None, "patient_link", "created"))
+    id: Mapped[str] = mapped_column(String(32))
+    patient_link: Mapped[bytes] = mapped_column(LargeBinary(16))
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    kind: Mapped[str] = mapped_column(String(32))
+    ref: Mapped[str] = mapped_column(String(32))
+    seen: Mapped[bool] = mapped_column(Boolean, default=False)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012

@@ -36,7 +36,7 @@ from medvault.fhir.types import is_fhir_id
 from medvault.records import guard, service
 from medvault.records.errors import NotFound
 from medvault.store.crypto_context import CryptoContext
-from medvault.web import apps, emergency_pages
+from medvault.web import apps, break_glass_pages, emergency_pages
 
 COOKIE = "__Host-medvault"
 # No script, no frames, no third-party anything; forms post only to us.
@@ -500,7 +500,9 @@ def build_router(deps: PageDeps) -> APIRouter:
             with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
                 docs = service.everything(vault=vault, patient_id=patient_id)
         except (NotFound, guard.Forbidden):
-            raise not_available from None
+            # The same page for refused and missing, naming only the id the clinician asked for,
+            # with the way in for an emergency (audited, time-boxed, reviewed: break_glass_pages).
+            return page("record_refused.html", status=404, live=live, patient_id=patient_id)
         name = next((_person_name(d) for d in docs if d.get("resourceType") == "Patient"), "") or "Patient"
         return record_page(live, docs, heading=f"Record of {name}", empty="Nothing in this record is shared with you.")
 
@@ -542,7 +544,10 @@ def build_router(deps: PageDeps) -> APIRouter:
     @router.get("/")
     def home(request: Request) -> HTMLResponse:
         live, _ = live_session(request)
-        return page("home.html", live=live)
+        unseen = 0
+        if live.actor.role == "patient" and live.actor.patient_id:
+            unseen = break_glass_pages.unseen_count(deps, live.actor.patient_id)
+        return page("home.html", live=live, unseen=unseen)
 
     @router.get("/me/access")
     def my_access_log(request: Request) -> HTMLResponse:
@@ -673,6 +678,7 @@ class _Row:
     who: str
     what: str
     allowed: bool
+    emergency: bool = False  # under (or asking for) break-the-glass access
 
 
 _INTERACTIONS = {
@@ -685,6 +691,9 @@ _INTERACTIONS = {
     "update": "changed a record",
     "delete": "deleted a record",
     "import": "imported records",
+    "break-glass": "asked for emergency access (break-the-glass)",
+    "break-glass-review": "a privacy officer reviewed an emergency access",
+    "break-glass-review-read": "a privacy officer read an emergency access to review it",
 }
 
 
@@ -705,6 +714,7 @@ def _row(entry: audit_log.Logged, patient_id: str) -> _Row:
         who=who,
         what=_INTERACTIONS.get(str(subtype), str(subtype)),
         allowed=event.get("outcome") == "0",
+        emergency=event.get("outcomeDesc") == "break-glass" or subtype == "break-glass",
     )
 
 
@@ -713,6 +723,7 @@ def install(app: Any, deps: PageDeps) -> None:
     app.include_router(build_router(deps))
     apps.install(app, deps)
     emergency_pages.install(app, deps)
+    break_glass_pages.install(app, deps)
     app.mount("/static", StaticFiles(packages=[("medvault.web", "static")]), name="static")
 
     async def to_sign_in(_request: Request, _exc: Exception) -> Response:
