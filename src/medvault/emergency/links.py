@@ -22,8 +22,7 @@ import re
 import secrets
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -35,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medvault.audit import log as audit_log
 from medvault.auth.passwords import MAX_CONCURRENT_HASHES, Hasher
+from medvault.db import unit_of_work
 from medvault.emergency import card, jwe, shl
 from medvault.emergency.errors import ShlError, ShlPasscodeError, ShlUnavailable
 from medvault.emergency.summary import _NAMESPACE as summary_ns  # the summary's fullUrl rule
@@ -770,19 +770,6 @@ def _one_at_a_time(factory: sessionmaker[Session]) -> AbstractContextManager[Any
     return nullcontext()
 
 
-@contextmanager
-def _transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    session = factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-
-
 def _live(row: Any, now: datetime) -> Any:
     """The one answer for unknown, paused, revoked, expired and spent links."""
     if (
@@ -829,7 +816,7 @@ def open_manifest(
     verified: bool | None = None
     stored_hash: str | None = None
     for _ in range(2):
-        with _one_at_a_time(factory), _transaction(factory) as session:
+        with _one_at_a_time(factory), unit_of_work(factory) as session:
             row = _live(_find(session, link_id), now)
             if "U" in row.flags:
                 raise ShlUnavailable("this link is not available")  # a U link has no manifest
@@ -962,23 +949,7 @@ def open_file(
             row = _live(session.execute(_SERVED.where(ShlLink.id == loc.link_id)).first(), now)
             key = _patient_key(session, crypto, row.owner)
             who = recipient or crypto.sealer.open(key, loc.sealed, _LOCATION_AAD + token_hash.hex().encode()).decode()
-            patient_id = str(_open_sealed(session, crypto, row)["patient"])
-            _log_opening(
-                session,
-                crypto,
-                patient_id=patient_id,
-                purpose=row.purpose,
-                recipient=who,
-                interaction="shl-file",
-                outcome="downloaded",
-                allowed=True,
-                now=now,
-                address=address,
-            )
-            assert row.file_jwe is not None
-            served = ServedFile(row.content_type, row.file_jwe)
-            session.commit()
-            return served
+            return _serve(session, crypto, row, who=who, interaction="shl-file", now=now, address=address)
         except BaseException:
             session.rollback()
             raise
@@ -1004,28 +975,36 @@ def open_direct(
             row = _live(_find(session, link_id), now)
             if "U" not in row.flags:
                 raise ShlUnavailable("this link is not available")
-            patient_id = str(_open_sealed(session, crypto, row)["patient"])
-            _log_opening(
-                session,
-                crypto,
-                patient_id=patient_id,
-                purpose=row.purpose,
-                recipient=who,
-                interaction="shl-direct",
-                outcome="downloaded",
-                allowed=True,
-                now=now,
-                address=address,
-            )
-            assert row.file_jwe is not None
-            served = ServedFile(row.content_type, row.file_jwe)
-            session.commit()
-            return served
+            return _serve(session, crypto, row, who=who, interaction="shl-direct", now=now, address=address)
         except BaseException:
             session.rollback()
             raise
         finally:
             session.close()
+
+
+def _serve(
+    session: Session, crypto: CryptoContext, row: Any, *, who: str, interaction: str, now: datetime, address: str | None
+) -> ServedFile:
+    """Log the download in the patient's access log and commit it with the answer: a file is
+    served only once its opening is on record."""
+    patient_id = str(_open_sealed(session, crypto, row)["patient"])
+    _log_opening(
+        session,
+        crypto,
+        patient_id=patient_id,
+        purpose=row.purpose,
+        recipient=who,
+        interaction=interaction,
+        outcome="downloaded",
+        allowed=True,
+        now=now,
+        address=address,
+    )
+    assert row.file_jwe is not None
+    served = ServedFile(row.content_type, row.file_jwe)
+    session.commit()
+    return served
 
 
 def _iso(value: datetime) -> str:
