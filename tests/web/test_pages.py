@@ -539,3 +539,69 @@ def test_a_huge_form_is_refused_without_reading_it_all(vault_env: Any, path: str
     assert status in (400, 413), status
     # A declared length over the limit is refused before reading; an undeclared one at the limit.
     assert read == 0 if declared else read <= 16 * 1024 // _CHUNK + 1, read
+
+
+# -- changing the password -------------------------------------------------------------------------
+
+NEW_PASSWORD = "a different and equally long passphrase"
+
+
+def _password_form(client: Any, current: str, new: str, again: str | None = None) -> Any:
+    csrf = client.get("/me/password").text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    body = urlencode({"csrf": csrf, "current": current, "new": new, "again": new if again is None else again})
+    return client.post("/me/password", content=body, headers=SIGN_IN, follow_redirects=False)
+
+
+def test_changing_the_password_ends_sessions_and_app_tokens(site: Any) -> None:
+    from medvault.smart import tokens
+
+    client, env, pid, _oid = site
+    assert _login(client).status_code == 303
+    refused = client.post("/me/password", content="csrf=forged&current=x&new=y&again=y", headers=SIGN_IN)
+    assert refused.status_code == 403
+    mismatch = _password_form(client, PASSWORD, NEW_PASSWORD, again=NEW_PASSWORD + "!")
+    assert mismatch.status_code == 400
+    assert "not the same" in mismatch.text
+    too_short = _password_form(client, PASSWORD, "short")
+    assert too_short.status_code == 400
+    # An app this account allowed: its token must end with the change.
+    now = datetime.now(UTC)
+    app_token = tokens.new_secret()
+    with unit_of_work(env.factory) as session:
+        (account,) = accounts.list_accounts(session=session, crypto=env.crypto)
+        client_id, _ = tokens.register_client(
+            session=session, name="App", redirect_uris=["https://app.example.org/cb"], confidential=False, now=now
+        )
+        tokens.store_token(
+            session=session,
+            crypto=env.crypto,
+            access_token=app_token,
+            refresh_token=None,
+            client_id=client_id,
+            account_id=account.id,
+            scope="patient/Observation.rs launch/patient",
+            patient=pid,
+            family=None,
+            granted=now,
+            now=now,
+        )
+    bearer = {"Authorization": f"Bearer {app_token}"}
+    assert client.get("/fhir/Observation", headers=bearer).status_code == 200
+    done = _password_form(client, PASSWORD, NEW_PASSWORD)
+    assert done.status_code == 303
+    assert done.headers["location"] == "/login"
+    # This session (and every other) has ended; the old password no longer signs in, the new one does.
+    assert client.get("/", follow_redirects=False).status_code == 303
+    assert _login(client).status_code == 401
+    assert _login(client, NEW_PASSWORD).status_code == 303
+    assert client.get("/fhir/Observation", headers=bearer).status_code == 401  # the app's token ended too
+
+
+def test_wrong_current_passwords_count_towards_the_throttle(site: Any) -> None:
+    client, *_ = site
+    assert _login(client).status_code == 303
+    statuses = [_password_form(client, "not the current password", NEW_PASSWORD).status_code for _ in range(8)]
+    assert statuses[0] == 400
+    assert 429 in statuses  # the account's sign-in throttle holds guesses made here too
+    # And the throttle is the sign-in's own: the right password is now refused there as well.
+    assert _login(client).status_code == 429

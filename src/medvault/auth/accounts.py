@@ -15,7 +15,7 @@ import secrets
 import threading
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 import orjson
@@ -495,6 +495,19 @@ def _replace_recovery_codes(session: Session, crypto: CryptoContext, account_id:
     return codes
 
 
+class WrongPassword(AccountError):
+    """The current password given to change it is not right. The failure has been counted in the
+    caller's transaction: commit it (as a failed sign-in is), then answer with this error."""
+
+
+class PasswordChangeThrottled(AccountError):
+    code = "throttled"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("too many attempts; try again later")
+        self.retry_after = retry_after
+
+
 def change_password(
     *,
     session: Session,
@@ -503,16 +516,37 @@ def change_password(
     account_id: str,
     current: str,
     new: str,
+    client_address: str | None = None,
+    now: datetime | None = None,
 ) -> None:
-    """Replace the password (the current one must verify) and end every session of the account."""
+    """Replace the password (the current one must verify) and end every session of the account.
+
+    Guessing the current password here is a sign-in attempt by other means: the same throttle
+    (per account and, when given, per client address) refuses it once it has failed too often,
+    and a wrong one counts (`WrongPassword`: commit, then answer)."""
+    when = now or datetime.now(UTC)
     row = session.get(Account, account_id)
     if row is None:
         raise AccountNotFound("no such account")
     secret = _secret(session, crypto, row)
     login = _profile(session, crypto, row)["login"]
+    keys = [_throttle_key(crypto, "login", normalise_login(login))]
+    if client_address is not None:
+        keys.append(_throttle_key(crypto, "address", client_address))
+    states = [_load_throttle(session, key) for key in keys]
+    gates = [_account_throttle.check(state=states[0], now=when)]
+    if client_address is not None:
+        gates.append(_address_throttle.check(state=states[1], now=when))
+    blocked = [g for g in gates if not g.allowed]
+    if blocked:
+        raise PasswordChangeThrottled(max(g.retry_after for g in blocked))
     with _hash_slots:
-        if not hasher.verify(stored=secret["password"], password=current).ok:
-            raise AccountError("the current password is not right", location="current")
+        right = hasher.verify(stored=secret["password"], password=current).ok
+    if not right:
+        _store_throttle(session, keys[0], _account_throttle.record_failure(state=states[0], now=when))
+        if client_address is not None:
+            _store_throttle(session, keys[1], _address_throttle.record_failure(state=states[1], now=when))
+        raise WrongPassword("the current password is not right", location="current")
     normalised = check_new_password(
         password=new,
         has_second_factor=bool(secret.get("totp")) or row.role in MFA_REQUIRED,

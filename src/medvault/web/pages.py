@@ -29,12 +29,13 @@ from medvault.access.consent import Grant, consent_resource, grant_from_consent,
 from medvault.audit import alerts
 from medvault.audit import log as audit_log
 from medvault.auth import accounts, sessions
-from medvault.auth.errors import TotpRejected
+from medvault.auth.errors import PasswordRejected, TotpRejected
 from medvault.auth.passwords import Hasher
 from medvault.db import unit_of_work
 from medvault.fhir.types import is_fhir_id
 from medvault.records import guard, service
 from medvault.records.errors import NotFound
+from medvault.smart import tokens
 from medvault.store.crypto_context import CryptoContext
 from medvault.web import apps, break_glass_pages, emergency_pages
 
@@ -273,6 +274,53 @@ def build_router(deps: PageDeps) -> APIRouter:
         else:
             message, status = "Sign-in failed: check your login name, password and code.", 401
         return page("login.html", status=status, login=login_name, message=message, next=local_path(form.get("next")))
+
+    @router.get("/me/password")
+    def password_form(request: Request) -> HTMLResponse:
+        live, _ = live_session(request)
+        return page("password.html", live=live, message=None)
+
+    @router.post("/me/password")
+    async def change_password(request: Request) -> Response:
+        form = await _form(request)
+        live, token = await anyio.to_thread.run_sync(lambda: live_session(request))
+        checked_form(request, form, token)
+        current, new = form.get("current", "")[:1024], form.get("new", "")[:1024]
+        if new != form.get("again", ""):
+            return page("password.html", status=400, live=live, message="The two new passwords are not the same.")
+
+        def change() -> str | None:
+            now = datetime.now(UTC)
+            with unit_of_work(deps.factory) as session:
+                try:
+                    accounts.change_password(
+                        session=session,
+                        crypto=deps.crypto,
+                        hasher=deps.hasher,
+                        account_id=live.actor.account_id,
+                        current=current,
+                        new=new,
+                        client_address=throttle_address(request.client.host if request.client else "unknown"),
+                        now=now,
+                    )
+                except accounts.WrongPassword as exc:
+                    return exc.message  # committed: the wrong guess counts towards the throttle
+                # Every session ended with the change (the account's epoch moved); the apps this
+                # account allowed end too: a password change is how a person answers a stolen one.
+                tokens.revoke_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id, now=now)
+            return None
+
+        try:
+            problem = await anyio.to_thread.run_sync(change)
+        except accounts.PasswordChangeThrottled:
+            return page("password.html", status=429, live=live, message="Too many attempts. Try again later.")
+        except PasswordRejected as exc:
+            return page("password.html", status=400, live=live, message=exc.message)
+        if problem is not None:
+            return page("password.html", status=400, live=live, message="The current password is not right.")
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+        return response
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
