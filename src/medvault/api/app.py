@@ -14,7 +14,6 @@ from email.utils import format_datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-import anyio.to_thread
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +28,7 @@ from medvault.api import openapi, shl_routes
 from medvault.api import smart as smart_api
 from medvault.api.capability import capability_statement
 from medvault.config import Settings
-from medvault.db import make_engine, make_sessionmaker, unit_of_work
+from medvault.db import make_engine, make_sessionmaker
 from medvault.errors import MedvaultError
 from medvault.fhir import bundles as fb
 from medvault.fhir import parse as fhir_parse
@@ -162,7 +161,6 @@ class MedvaultApp(FastAPI):
             return
         if scope["type"] != "http":
             return  # no websocket (or other) endpoints: refuse by not answering at all
-        state: AppState = self.state.medvault
         start = time.perf_counter()
         sent: dict[str, int] = {}
 
@@ -184,15 +182,13 @@ class MedvaultApp(FastAPI):
                 )(scope, receive, guarded_send)
                 return
             if _is_fhir(route) and route not in PUBLIC_FHIR:
-                bearer = await _authenticate(state, Headers(scope=scope))
-                if bearer is None:
-                    await outcome(
-                        401,
-                        [Issue("login", "missing, expired or revoked bearer token")],
-                        headers={"WWW-Authenticate": 'Bearer realm="medvault", error="invalid_token"'},
-                    )(scope, receive, guarded_send)
+                # Only the header's shape here; the token itself is resolved in the request's own
+                # unit of work (`_unit`): one thread hop and one session per request, not two.
+                presented = _bearer_value(Headers(scope=scope))
+                if presented is None:
+                    await unauthorised()(scope, receive, guarded_send)
                     return
-                scope[BEARER_KEY] = bearer
+                scope[BEARER_KEY] = presented
             await super().__call__(scope, receive, guarded_send)
         except Exception as exc:  # noqa: BLE001 - last line of defence, see the class docstring
             log.error("unhandled error: %s", exc.__class__.__name__)
@@ -233,31 +229,36 @@ def _loggable_path(scope: Scope) -> str:
     return template
 
 
-async def _authenticate(state: AppState, headers: Headers) -> smart_tokens.Bearer | None:
-    """The live token of an `Authorization: Bearer` header (stored only as a hash: found by hashing
-    the presented value, so no comparison of secrets happens here), or None."""
+class Unauthorised(MedvaultError):
+    """No live token behind the request's bearer value (unknown, expired, revoked, or its account
+    disabled): 401 with a `WWW-Authenticate` challenge."""
+
+    code = "login"
+
+
+def unauthorised() -> FhirResponse:
+    return outcome(
+        401,
+        [Issue("login", "missing, expired or revoked bearer token")],
+        headers={"WWW-Authenticate": 'Bearer realm="medvault", error="invalid_token"'},
+    )
+
+
+def _bearer_value(headers: Headers) -> str | None:
+    """The value of an `Authorization: Bearer` header, or None. It is looked up by its hash (the
+    token table keeps only hashes), so no comparison of secrets happens anywhere."""
     scheme, _, value = headers.get("authorization", "").partition(" ")
     value = value.strip()
-    if scheme.lower() != "bearer" or not value:
+    if scheme.lower() != "bearer" or not value or len(value) > 256:
         return None
-
-    def resolve() -> smart_tokens.Bearer | None:
-        now = smart_tokens.utcnow()
-        with state.factory() as session:
-            # A reader (SQLite: a deferred BEGIN), so authentication never queues behind writers.
-            session.connection(execution_options={"medvault_write": False})
-            bearer = smart_tokens.resolve_bearer(session=session, crypto=state.crypto, token=value, now=now)
-        if bearer is not None and bearer.stale:
-            with unit_of_work(state.factory) as session:
-                smart_tokens.touch(session=session, token_id=bearer.token_id, now=now)
-        return bearer
-
-    return await anyio.to_thread.run_sync(resolve)
+    return value
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MedvaultError)
     async def _domain(_request: Request, exc: MedvaultError) -> Response:
+        if isinstance(exc, Unauthorised):
+            return unauthorised()
         issues = exc.issues if isinstance(exc, InvalidResource) else [Issue(exc.code, exc.message, exc.location)]
         status = status_for(exc)
         if status >= 500:
@@ -291,21 +292,27 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _unit(request: Request) -> contextlib.AbstractContextManager[Vault]:
-    """Unit of work per request: commit when the handler returns, roll back on any error."""
+    """Unit of work per request: resolve the bearer token in it, commit when the handler returns,
+    roll back on any error."""
     state: AppState = request.app.state.medvault
-    bearer = request.scope.get(BEARER_KEY)
-    if not isinstance(bearer, smart_tokens.Bearer):
-        raise guard.NoCaller("internal error: a /fhir request without a resolved token was refused")
+    presented = request.scope.get(BEARER_KEY)
+    if not isinstance(presented, str):
+        raise guard.NoCaller("internal error: a /fhir request without a bearer token was refused")
     address = request.client.host if request.client else None
     audited = not state.settings.unsafe_disable_audit
     rate = state.settings.alert_patients_per_hour
-    # Every request writes its access-log entry, reads included, so every unit of work is a
-    # writer (SQLite: BEGIN IMMEDIATE; a deferred reader could not upgrade to write later).
-    if bearer.actor is None:
-        # An operator token (system/*.cruds, issued by the CLI): the operator caller, as before.
-        caller = Caller(actor=None, via="api", address=address, audited=audited, alert_patients_per_hour=rate)
-    else:
-        caller = Caller(
+
+    def caller_for(session: Session) -> Caller:
+        now = smart_tokens.utcnow()
+        bearer = smart_tokens.resolve_bearer(session=session, crypto=state.crypto, token=presented, now=now)
+        if bearer is None:
+            raise Unauthorised("missing, expired or revoked bearer token")
+        if bearer.stale:
+            smart_tokens.touch(session=session, token_id=bearer.token_id, now=now)  # "last used", once a minute
+        if bearer.actor is None:
+            # An operator token (system/*.cruds, issued by the CLI): the operator caller.
+            return Caller(actor=None, via="api", address=address, audited=audited, alert_patients_per_hour=rate)
+        return Caller(
             actor=bearer.actor,
             via="smart",
             address=address,
@@ -315,7 +322,10 @@ def _unit(request: Request) -> contextlib.AbstractContextManager[Vault]:
             scopes=bearer.scopes,
             launch_patient=bearer.patient,
         )
-    return guard.unit_of_work(state.factory, state.crypto, caller)
+
+    # Every request writes its access-log entry, reads included, so every unit of work is a
+    # writer (SQLite: BEGIN IMMEDIATE; a deferred reader could not upgrade to write later).
+    return guard.unit_of_work(state.factory, state.crypto, caller_for)
 
 
 H = TypeVar("H", bound=Callable[..., Any])

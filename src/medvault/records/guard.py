@@ -385,10 +385,23 @@ def record_refusal(vault: Vault, exc: BaseException) -> bool:
 
 
 @contextmanager
-def unit_of_work(factory: sessionmaker[Session], crypto: CryptoContext, caller: Caller) -> Iterator[Vault]:
+def unit_of_work(
+    factory: sessionmaker[Session], crypto: CryptoContext, caller: Caller | Callable[[Session], Caller]
+) -> Iterator[Vault]:
     """One transaction on behalf of `caller`: commit on success; on a refusal, roll back whatever
-    the unit did and commit the refusal's audit entry alone; on any other error, roll back."""
+    the unit did and commit the refusal's audit entry alone; on any other error, roll back.
+
+    `caller` may be a function that finds the caller in the unit's own session (the API resolves
+    its bearer token there: one session and one thread hop per request); what it raises ends the
+    unit before anything else ran."""
     session = factory()
+    if not isinstance(caller, Caller):
+        try:
+            caller = caller(session)
+        except BaseException:
+            session.rollback()
+            session.close()
+            raise
     vault = Vault(session, crypto, caller=caller)
     try:
         yield vault
