@@ -290,6 +290,9 @@ def build_router(deps: PageDeps) -> APIRouter:
             return page("password.html", status=400, live=live, message="The two new passwords are not the same.")
 
         def change() -> str | None:
+            # Unlike sign-in, the two hashes run inside the transaction (the throttle rows and the
+            # account stay locked between the check and the change): a rare, signed-in action, whose
+            # hold on SQLite's write lock is the price of never checking against a stale password.
             now = datetime.now(UTC)
             with unit_of_work(deps.factory) as session:
                 try:
