@@ -27,6 +27,7 @@ from medvault import logs
 from medvault.api import openapi, shl_routes
 from medvault.api import smart as smart_api
 from medvault.api.capability import capability_statement
+from medvault.bodies import read_capped
 from medvault.config import Settings
 from medvault.db import make_engine, make_sessionmaker
 from medvault.errors import MedvaultError
@@ -367,7 +368,7 @@ def with_vault(fn: H) -> H:
 async def capped_body(request: Request) -> bytes:
     """The body, read only up to the FHIR size limit: `request.body()` would buffer whatever a
     token holder sends before the limit could be looked at."""
-    raw = await pages.read_capped(request, fhir_parse.MAX_BODY_BYTES)
+    raw = await read_capped(request, fhir_parse.MAX_BODY_BYTES)
     if raw is None:
         raise InvalidResource([Issue("too-costly", f"body larger than {fhir_parse.MAX_BODY_BYTES} bytes")])
     return raw

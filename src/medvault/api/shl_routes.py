@@ -8,7 +8,7 @@ request log holds route templates (`/shl/m/{link_id}`), never the id or token (a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
@@ -17,11 +17,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from medvault.auth.passwords import Hasher
+from medvault.auth.passwords import Hasher, shared_hasher
+from medvault.bodies import read_capped
 from medvault.emergency import links
 from medvault.emergency.errors import ShlPasscodeError, ShlUnavailable
 from medvault.store.crypto_context import CryptoContext
-from medvault.web.pages import read_capped
 from medvault.web.shl_viewer import VIEWER_HEADERS, render_viewer
 
 MAX_BODY = 16 * 1024
@@ -33,13 +33,10 @@ _NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 class ShlDeps:
     factory: sessionmaker[Session]
     crypto: CryptoContext
-    _hasher: Hasher | None = field(default=None, repr=False)
 
     @property
     def hasher(self) -> Hasher:
-        if self._hasher is None:  # built on first use: a Hasher costs one Argon2 hash to make
-            self._hasher = Hasher()
-        return self._hasher
+        return shared_hasher()  # the sign-in's: one bound on Argon2 for the whole process
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:

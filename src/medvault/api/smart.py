@@ -7,19 +7,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 
+from medvault.bodies import BodyRefused, read_form
 from medvault.db import unit_of_work
 from medvault.smart import tokens
 from medvault.smart.idtoken import IdTokenSigner
 from medvault.smart.server import HttpRequest, OAuthResponse, SmartServer
 from medvault.store.crypto_context import CryptoContext
-from medvault.web.pages import read_capped
 
 MAX_FORM = 16 * 1024
 SCOPES_SUPPORTED = [
@@ -84,14 +83,9 @@ def json_response(result: OAuthResponse) -> JSONResponse:
 
 async def form_pairs(request: Request) -> list[tuple[str, str]] | None:
     """The urlencoded body (RFC 6749 requires that format), or None when it is not one."""
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
-        return None
-    raw = await read_capped(request, MAX_FORM)
-    if raw is None:
-        return None
     try:
-        return parse_qsl(raw.decode(), keep_blank_values=True)
-    except UnicodeDecodeError:
+        return await read_form(request, MAX_FORM)
+    except BodyRefused:
         return None
 
 

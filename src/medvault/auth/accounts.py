@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,8 +43,6 @@ _AAD = b"medvault:account:v1|"
 
 _account_throttle = Throttle(ACCOUNT_POLICY)
 _address_throttle = Throttle(ADDRESS_POLICY)
-# Argon2 at 64 MiB: bound concurrent hashes in this process whatever the web server's thread count.
-_hash_slots = threading.BoundedSemaphore(4)
 
 
 class AccountError(AuthError):
@@ -240,8 +237,7 @@ def create_account(
     if session.execute(select(Account.id).where(Account.login_index == login_index(crypto, name))).first():
         raise AccountError("that login name is taken", location="login")
     account_id = secrets.token_hex(16)
-    with _hash_slots:
-        password_hash = hasher.hash(normalised)
+    password_hash = hasher.hash(normalised)
     session.add(
         Account(
             id=account_id,
@@ -311,8 +307,7 @@ def authenticate(
     lookup = prepare_login(session=session, crypto=crypto, login=login, client_address=client_address, now=now)
     if lookup.throttled is not None:
         return lookup.throttled
-    with _hash_slots:
-        check = check_password(hasher=hasher, lookup=lookup, password=password)
+    check = check_password(hasher=hasher, lookup=lookup, password=password)
     return finish_login(
         session=session,
         crypto=crypto,
@@ -540,8 +535,7 @@ def change_password(
     blocked = [g for g in gates if not g.allowed]
     if blocked:
         raise PasswordChangeThrottled(max(g.retry_after for g in blocked))
-    with _hash_slots:
-        right = hasher.verify(stored=secret["password"], password=current).ok
+    right = hasher.verify(stored=secret["password"], password=current).ok
     if not right:
         _store_throttle(session, keys[0], _account_throttle.record_failure(state=states[0], now=when))
         if client_address is not None:
@@ -552,8 +546,7 @@ def change_password(
         has_second_factor=bool(secret.get("totp")) or row.role in MFA_REQUIRED,
         context_words=(SERVICE_NAME, login),
     )
-    with _hash_slots:
-        secret["password"] = hasher.hash(normalised)
+    secret["password"] = hasher.hash(normalised)
     row.secret = _seal(session, crypto, row.id, "secret", secret)
     row.session_epoch += 1
 

@@ -250,6 +250,21 @@ _OWASP_MIN_MEMORY_KIB = {1: 47104, 2: 19456, 3: 12288, 4: 9216, 5: 7168}
 MAX_CONCURRENT_HASHES = max(1, (os.cpu_count() or 2) - 1)
 
 
+_shared: Hasher | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_hasher() -> Hasher:
+    """The process's hasher for the server's faces (sign-in, password change, SHL passcodes): one
+    pool and one concurrency bound for all of them. Made on first use, not at start-up (making one
+    costs an Argon2 hash); locked, so concurrent first uses share it."""
+    global _shared  # noqa: PLW0603 - one per process, on purpose
+    with _shared_lock:
+        if _shared is None:
+            _shared = Hasher()
+        return _shared
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
     """Outcome of a password check. `needs_rehash`: the caller should store `hash(password)` now."""
@@ -301,6 +316,9 @@ class Hasher:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self.max_concurrent = max_concurrent
+        # Every Argon2 call of this hasher, from its pool or from a caller's thread, takes a slot:
+        # one bound on CPU and memory (64 MiB a call) whatever path the call comes by.
+        self._slots = threading.BoundedSemaphore(max_concurrent)
         # Dedicated threads, made on first async use: a hash waiting for one queues in the pool
         # (no thread, no memory), and never takes a thread other requests need.
         self._pool: ThreadPoolExecutor | None = None
@@ -316,7 +334,8 @@ class Hasher:
         normalised = normalise_password(password)
         if not _is_encodable(normalised):
             raise PasswordRejected("password must be valid Unicode text", rule="not-text")
-        return self._hasher.hash(normalised)
+        with self._slots:
+            return self._hasher.hash(normalised)
 
     def verify(self, *, stored: str, password: str) -> VerifyResult:
         """Check `password` against `stored`; never raises for a wrong password or a damaged hash.
@@ -327,20 +346,24 @@ class Hasher:
         normalised = normalise_password(password)
         if not _is_encodable(normalised):
             return self.dummy_verify("")
-        try:
-            self._hasher.verify(stored, normalised)
-        except VerificationError:
-            return _REJECTED
-        except InvalidHashError:
-            return self.dummy_verify(normalised)
-        return VerifyResult(ok=True, needs_rehash=self._hasher.check_needs_rehash(stored))
+        with self._slots:
+            try:
+                self._hasher.verify(stored, normalised)
+            except VerificationError:
+                return _REJECTED
+            except InvalidHashError:
+                damaged = True
+            else:
+                return VerifyResult(ok=True, needs_rehash=self._hasher.check_needs_rehash(stored))
+        assert damaged
+        return self.dummy_verify(normalised)  # outside the slot: it takes its own
 
     def dummy_verify(self, password: str) -> VerifyResult:
         """Cost one verification and reject: the login path for unknown (or password-less) accounts."""
         normalised = normalise_password(password)
         secret = normalised if _is_encodable(normalised) else ""
         # The dummy's secret is random and unknown, so this always fails; the answer is "no" anyway.
-        with contextlib.suppress(VerificationError):
+        with self._slots, contextlib.suppress(VerificationError):
             self._hasher.verify(self._dummy_hash, secret)
         return _REJECTED
 

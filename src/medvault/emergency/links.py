@@ -33,7 +33,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from medvault.audit import log as audit_log
-from medvault.auth.passwords import MAX_CONCURRENT_HASHES, Hasher
+from medvault.auth.passwords import Hasher
 from medvault.db import unit_of_work
 from medvault.emergency import card, jwe, shl
 from medvault.emergency.errors import ShlError, ShlPasscodeError, ShlUnavailable
@@ -757,7 +757,6 @@ _SERVED = select(
 
 
 _SQLITE_WRITER = threading.Lock()
-_hash_slots = threading.BoundedSemaphore(MAX_CONCURRENT_HASHES)
 
 
 def _one_at_a_time(factory: sessionmaker[Session]) -> AbstractContextManager[Any]:
@@ -838,8 +837,8 @@ def open_manifest(
                     now=now,
                 )
         assert stored_hash is not None
-        with _hash_slots:  # Argon2 takes 64 MiB a call: a bounded number at once, the rest queue
-            verified = isinstance(passcode, str) and hasher.verify(stored=stored_hash, password=passcode).ok
+        # The hasher bounds its concurrent Argon2 calls (64 MiB each): the rest queue.
+        verified = isinstance(passcode, str) and hasher.verify(stored=stored_hash, password=passcode).ok
     raise ShlUnavailable("this link is not available")  # its passcode changed twice while we checked
 
 

@@ -10,12 +10,11 @@ The pages are a face: they call the auth and audit services and never touch tabl
 from __future__ import annotations
 
 import ipaddress
-import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 import segno
@@ -30,7 +29,8 @@ from medvault.audit import alerts
 from medvault.audit import log as audit_log
 from medvault.auth import accounts, sessions
 from medvault.auth.errors import PasswordRejected, TotpRejected
-from medvault.auth.passwords import Hasher
+from medvault.auth.passwords import Hasher, shared_hasher
+from medvault.bodies import BodyRefused, read_form
 from medvault.db import unit_of_work
 from medvault.fhir.types import is_fhir_id
 from medvault.records import guard, service
@@ -70,17 +70,10 @@ class PageRefused(Exception):
 class PageDeps:
     factory: sessionmaker[Session]
     crypto: CryptoContext
-    _hasher: Hasher | None = field(default=None, repr=False)
-    _hasher_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def hasher(self) -> Hasher:
-        # Made on first sign-in, not at start-up: building one costs an Argon2 hash (~0.2 s).
-        # Locked: concurrent first sign-ins must share one hasher (and its bounded pool).
-        with self._hasher_lock:
-            if self._hasher is None:
-                self._hasher = Hasher()
-            return self._hasher
+        return shared_hasher()
 
 
 def page(name: str, *, status: int = 200, **context: Any) -> HTMLResponse:
@@ -128,39 +121,16 @@ def _same_origin(request: Request, *, required: bool = False) -> bool:
     return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
-async def read_capped(request: Request, limit: int) -> bytes | None:
-    """The body, or None when it is over `limit` bytes. `request.body()` buffers whatever a client
-    sends before anyone can look at its size (a memory exhaustion for anyone, signed in or not):
-    a declared Content-Length over the limit is refused unread, an undeclared length is read only
-    until it passes the limit."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _form(request: Request) -> dict[str, str]:
     """The form's fields (the last value of a repeated name; see `_form_pairs` for all)."""
     return dict(await _form_pairs(request))
 
 
 async def _form_pairs(request: Request) -> list[tuple[str, str]]:
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
-        raise PageRefused(415, "forms are sent as application/x-www-form-urlencoded")
-    raw = await read_capped(request, _MAX_FORM)
-    if raw is None:
-        raise PageRefused(413, "form too large")
     try:
-        return parse_qsl(raw.decode(), keep_blank_values=True)
-    except UnicodeDecodeError:
-        raise PageRefused(400, "form is not UTF-8") from None
+        return await read_form(request, _MAX_FORM)
+    except BodyRefused as refused:
+        raise PageRefused(refused.status, refused.message) from None
 
 
 def require_session(deps: PageDeps, request: Request, *, enrolling: bool = False) -> tuple[sessions.Live, str]:
