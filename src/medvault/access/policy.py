@@ -312,7 +312,9 @@ def _break_glass(
 
 
 # Whatever the configuration says: these roles never get emergency access.
-_NEVER_BREAK_GLASS: Final[frozenset[str]] = frozenset({"patient", "researcher", "privacy-officer", "admin"})
+_NEVER_BREAK_GLASS: Final[frozenset[str]] = frozenset(
+    {"patient", "researcher", "privacy-officer", "admin", "moderator"}
+)
 
 
 def may_break_glass(*, actor: Actor, eligible_roles: frozenset[str]) -> Decision:

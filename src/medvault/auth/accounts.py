@@ -32,10 +32,10 @@ from medvault.auth.throttle import ACCOUNT_POLICY, ADDRESS_POLICY, Throttle, Thr
 from medvault.store.crypto_context import CryptoContext
 from medvault.store.models import Account, LoginThrottle, RecoveryCode, Resource
 
-Role = Literal["patient", "clinician", "researcher", "privacy-officer", "admin"]
+Role = Literal["patient", "clinician", "researcher", "privacy-officer", "admin", "moderator"]
 ROLES: tuple[Role, ...] = get_args(Role)
 # SP 800-63B AAL2 for anyone who can see other people's records or change the system.
-MFA_REQUIRED: frozenset[str] = frozenset({"clinician", "privacy-officer", "admin"})
+MFA_REQUIRED: frozenset[str] = frozenset({"clinician", "privacy-officer", "admin", "moderator"})
 SERVICE_NAME = "medvault"
 # Owner of the one data key that seals account rows (identity purpose: the identity KEK wraps it).
 ACCOUNTS_OWNER = bytes(15) + b"\x02"

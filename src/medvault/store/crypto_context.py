@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import delete, event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -110,6 +110,25 @@ class CryptoContext:
             event.listen(session, "after_commit", committed)
             event.listen(session, "after_soft_rollback", rolled_back)
         return pending
+
+    def destroy_data_key(self, session: Session, *, purpose: Purpose, owner: bytes) -> bool:
+        """Crypto-shred: delete one owner's data key row and forget it in this process, so that
+        everything sealed under it is unreadable for good (backups aside, which expire). True when
+        a key existed. Takes effect for other processes once their caches miss (CACHE_SIZE)."""
+        found = session.execute(
+            select(DataKey.id).where(DataKey.purpose == purpose, DataKey.owner == owner)
+        ).scalar_one_or_none()
+        self._pending(session).pop((purpose, owner), None)
+        with self._lock:
+            hit = self._by_owner.pop((purpose, owner), None)
+            if hit is not None:
+                self._by_id.pop(hit[0], None)
+            if found is not None:
+                self._by_id.pop(found, None)
+        if found is None:
+            return False
+        session.execute(delete(DataKey).where(DataKey.id == found))
+        return True
 
     def data_key_by_id(self, session: Session, dk_id: int) -> AESGCM:
         with self._lock:

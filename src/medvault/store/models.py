@@ -445,3 +445,36 @@ class Notification(Base):
     ref: Mapped[str] = mapped_column(String(32))
     seen: Mapped[bool] = mapped_column(Boolean, default=False)
     __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+
+class CommunityRate(Base):
+    """A fixed-window counter for community rate limits (views of listings and profiles, directory
+    queries, messages). `subject` is a keyed token of the account id or client address: an address
+    is an identifier and is never stored as such."""
+
+    __tablename__ = "community_rate"
+    __table_args__ = (UniqueConstraint("bucket", "subject", "window"),)
+    bucket: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[bytes] = mapped_column(LargeBinary(16))
+    window: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    __mapper_args__ = {"primary_key": [bucket, subject, window]}  # noqa: RUF012
+
+
+class CommunityMember(Base):
+    """A community member: an account that joined. `id` is a random public handle, the only id
+    other members ever see (never the account id, never a record id). `key_owner` names the member's
+    own data key (purpose "identity"): profile fields and posts are sealed under it, and deleting
+    the account destroys it. `suspended_until` is set by moderation."""
+
+    __tablename__ = "community_member"
+    __table_args__ = (UniqueConstraint("id"), UniqueConstraint("account_id"))
+    id: Mapped[str] = mapped_column(String(32))
+    account_id: Mapped[str] = mapped_column(String(32))
+    joined: Mapped[datetime] = mapped_column(UtcMicros)
+    key_owner: Mapped[bytes] = mapped_column(LargeBinary(16))
+    suspended_until: Mapped[datetime | None] = mapped_column(UtcMicros, nullable=True)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"CommunityMember({self.id})"
