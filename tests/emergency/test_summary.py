@@ -749,7 +749,7 @@ def test_manifest_lists_every_file() -> None:
 
 
 @pytest.mark.parametrize("rel", _ips_files())
-def test_every_ips_example_loads(rel: str) -> None:
+def test_every_ips_example_validates_exactly_as_expected(rel: str) -> None:
     doc = parse_json((IPS / rel).read_bytes())  # our JSON parser: size, depth, BOM
     assert _check(doc) == EXPECTED_FAILURES.get(rel, (0, None))
 

@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Before the FHIR routes: /fhir/{rtype}/{rid} would otherwise match /fhir/.well-known/...
     smart_api.install(app, smart_api.SmartDeps(factory=factory, crypto=crypto, signer=state.signer))
     _install_routes(app, state)
-    shl_routes.install(app, shl_routes.ShlDeps(factory=factory, crypto=crypto))
+    app.responders = shl_routes.install(app, shl_routes.ShlDeps(factory=factory, crypto=crypto))
     pages.install(app, pages.PageDeps(factory=factory, crypto=crypto))
     app.openapi = functools.partial(openapi.build, app)  # type: ignore[method-assign]  # in-process only, see openapi.py
     return app
@@ -155,6 +155,8 @@ class MedvaultApp(FastAPI):
     unhandled exception after its 500 response, so the ASGI server would log a traceback (which
     can quote request data); the guard swallows it after logging only the exception class. It also
     authenticates, adds the security headers, and writes the access log line."""
+
+    responders: shl_routes.Responders | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -181,6 +183,11 @@ class MedvaultApp(FastAPI):
                 await outcome(
                     405, [Issue("not-supported", "method not allowed")], headers={"Allow": ", ".join(READ_METHODS)}
                 )(scope, receive, guarded_send)
+                return
+            responders = self.responders
+            if responders is not None and (shl_route := responders.route_of(route)) is not None:
+                scope["route"] = shl_route  # for the access log line: the template, never the id
+                await responders(scope, receive, guarded_send)
                 return
             if _is_fhir(route) and route not in PUBLIC_FHIR:
                 # Only the header's shape here; the token itself is resolved in the request's own

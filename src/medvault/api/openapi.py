@@ -180,16 +180,24 @@ def security_for(path: str, method: str) -> list[dict[str, list[str]]]:
     return [{BEARER: []}] if is_fhir(path) else [{SESSION: []}]
 
 
+# Served by the bare responder app (api/shl_routes.py `Responders`), outside FastAPI's router.
+_RESPONDER_OPERATIONS: tuple[tuple[str, frozenset[str], str], ...] = (
+    ("/shl/m/{link_id}", frozenset({"POST", "GET"}), "shl_manifest"),
+    ("/shl/f/{token}", frozenset({"GET"}), "shl_file"),
+)
+
+
 def _add_hidden_routes(app: FastAPI, paths: dict[str, dict[str, Any]]) -> None:
-    """Operations FastAPI left out of its schema (`include_in_schema=False`): bare, described below."""
-    for route in iter_route_contexts(app.routes):
-        path, methods = route.path_format, route.methods
+    """Operations FastAPI left out of its schema (`include_in_schema=False`) or never saw (the
+    responder endpoints): bare, described below."""
+    routed = [(r.path_format, r.methods, r.name) for r in iter_route_contexts(app.routes)]
+    for path, methods, route_name in [*routed, *_RESPONDER_OPERATIONS]:
         if not isinstance(path, str) or not methods:
             continue  # a mount (static files) or a non-HTTP route
         for method in sorted(m.lower() for m in methods):
             if method == "head" or method in paths.get(path, {}):
                 continue
-            name = route.name or "operation"
+            name = route_name or "operation"
             operation: dict[str, Any] = {
                 "operationId": f"{name}_{method}_{re.sub(r'[^A-Za-z0-9]+', '_', path).strip('_') or 'root'}",
                 "responses": {"default": {"description": "page, redirect or error"}},

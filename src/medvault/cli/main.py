@@ -663,6 +663,38 @@ def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
 
 
+@emergency_app.command("read")
+@friendly
+def emergency_read(
+    file: Annotated[Path, typer.Argument(help="An IPS document (FHIR JSON) from any system.", show_default=False)],
+) -> None:
+    """Show what an International Patient Summary holds, section by section, and where it breaks
+    FHIR rules. A document that breaks rules is still shown: its allergies matter more than its
+    formatting. Nothing is stored."""
+    from medvault.emergency import ips
+    from medvault.fhir.errors import FhirError
+
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise FhirError(f"cannot read {file.name}: {exc.strerror or exc.__class__.__name__}") from None
+    loaded = ips.load(raw)
+    console.print(f"[bold]{escape(loaded.resource_type)}[/bold] ({loaded.kind})", highlight=False)
+    for section in loaded.sections:
+        code = f" [{section.code}]" if section.code else ""
+        console.print(f"\n[bold]{escape(section.title)}[/bold]{escape(code)}", highlight=False)
+        for item in section.items:
+            console.print(f"  - {escape(item)}", highlight=False)
+        if not section.items:
+            console.print(f"  ({escape(section.empty_reason or 'no entries')})", highlight=False)
+    if loaded.conformant:
+        console.print("\nconforms to FHIR R4 (base rules)")
+    else:
+        console.print(f"\n[yellow]{len(loaded.conformance)} FHIR rule(s) broken[/yellow] (shown anyway):")
+        for finding in loaded.conformance:
+            console.print(f"  - {escape(finding)}", highlight=False)
+
+
 @emergency_app.command("card")
 @friendly
 def emergency_card(
