@@ -818,7 +818,10 @@ def _lex() -> _Lexicon:
     first: set[str] = set()
     last: set[str] = set()
     for locale in _LOCALES:
-        provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        try:
+            provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        except ModuleNotFoundError:  # a locale an older or newer faker lacks: fewer names, same rules
+            continue
         for attr in ("first_names", "first_names_female", "first_names_male", "first_romanized_names"):
             first.update(_latin_names(getattr(provider, attr, ())))
         for attr in ("last_names", "last_romanized_names"):
