@@ -259,6 +259,9 @@ def shared_hasher() -> Hasher:
     pool and one concurrency bound for all of them. Made on first use, not at start-up (making one
     costs an Argon2 hash); locked, so concurrent first uses share it."""
     global _shared  # noqa: PLW0603 - one per process, on purpose
+    made = _shared
+    if made is not None:
+        return made  # every request after the first: no lock (the SHL responder path asks each time)
     with _shared_lock:
         if _shared is None:
             _shared = Hasher()
