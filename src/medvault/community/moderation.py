@@ -35,6 +35,7 @@ from medvault.store.models import CommunityMember, CommunityModAction, Community
 __all__ = [
     "ACTIONS",
     "REASONS",
+    "STATES",
     "Action",
     "HistoryEntry",
     "KindHandler",
@@ -67,6 +68,9 @@ REASON_LABELS: dict[str, str] = {
 }
 Action = Literal["hide", "restore", "warn", "suspend", "dismiss"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
+# A report is open until a moderator acts; then it is in the state of the last action, or
+# "withdrawn" when the author or the reporter left (and the report's key went with them).
+STATES = ("open", "hidden", "restored", "warned", "suspended", "dismissed", "withdrawn")
 NOTE_MAX = 1000
 MESSAGE_MAX = 1000
 SUSPEND_DAYS_MAX = 365
@@ -360,7 +364,7 @@ def history(*, session: Session, actor: Actor, limit: int = 200) -> list[History
     rows = session.execute(
         select(CommunityModAction, CommunityReport.kind, CommunityReport.content_id)
         .join(CommunityReport, CommunityReport.id == CommunityModAction.report_id, isouter=True)
-        .order_by(CommunityModAction.created.desc())
+        .order_by(CommunityModAction.created.desc(), CommunityModAction.audit_seq.desc())
         .limit(limit)
     ).all()
     return [
