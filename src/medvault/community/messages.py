@@ -57,6 +57,7 @@ __all__ = [
     "delete_member",
     "export_member",
     "is_blocked",
+    "report",
     "send",
     "set_muted",
     "start",
@@ -662,6 +663,35 @@ def _reportable_by(*, session: Session, crypto: CryptoContext, content_id: str, 
         return False
     side = session.get(CommunityConversationSide, (row.conversation_id, token))
     return side is not None and row.seq > side.cleared_upto
+
+
+def report(
+    *,
+    session: Session,
+    crypto: CryptoContext,
+    member: Member,
+    conversation_id: str,
+    message_id: str,
+    reason: str,
+    note: str,
+    now: datetime,
+) -> str:
+    """`member` reports one message they received in their conversation `conversation_id`: that
+    message alone is forwarded to moderation. Returns the report id."""
+    conv, _side = _participant(session, crypto, member, conversation_id)
+    row = session.get(CommunityMessage, message_id) if _valid_id(message_id) else None
+    if row is None or row.conversation_id != conv.id:
+        raise NotFound("no such message")
+    return moderation.report(
+        session=session,
+        crypto=crypto,
+        reporter=member,
+        kind="message",
+        content_id=message_id,
+        reason=reason,
+        note=note,
+        now=now,
+    )
 
 
 moderation.register_kind("message", MessageKind(), reportable_by=_reportable_by)
