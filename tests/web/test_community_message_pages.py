@@ -32,9 +32,15 @@ def _account(env: Any, login: str, role: str, **link: str) -> tuple[str, str | N
     now = datetime.now(UTC)
     with unit_of_work(env.factory) as session:
         account_id = accounts.create_account(
-            session=session, crypto=env.crypto, hasher=Hasher(), login=login, password=PASSWORD, role=role, now=now,
+            session=session,
+            crypto=env.crypto,
+            hasher=Hasher(),
+            login=login,
+            password=PASSWORD,
+            role=role,
+            now=now,
             **link,
-        )  # fmt: skip
+        )
     if role not in accounts.MFA_REQUIRED:
         return account_id, None
     with unit_of_work(env.factory) as session:
@@ -54,9 +60,11 @@ def _signed_in(app: Any, login: str, secret: str | None = None) -> TestClient:
     client = TestClient(app, base_url=BASE)
     code = totp.totp_code(secret=secret, step=totp.time_step(datetime.now(UTC))) if secret else ""
     done = client.post(
-        "/login", content=urlencode({"login": login, "password": PASSWORD, "code": code}), headers=FORM,
+        "/login",
+        content=urlencode({"login": login, "password": PASSWORD, "code": code}),
+        headers=FORM,
         follow_redirects=False,
-    )  # fmt: skip
+    )
     assert done.status_code == 303, done.text
     return client
 

@@ -30,9 +30,15 @@ def _account(env: Any, login: str, role: str, **link: str) -> tuple[str, str]:
     now = datetime.now(UTC)
     with unit_of_work(env.factory) as session:
         account_id = accounts.create_account(
-            session=session, crypto=env.crypto, hasher=Hasher(), login=login, password=PASSWORD, role=role, now=now,
+            session=session,
+            crypto=env.crypto,
+            hasher=Hasher(),
+            login=login,
+            password=PASSWORD,
+            role=role,
+            now=now,
             **link,
-        )  # fmt: skip
+        )
         secret, _uri = accounts.begin_totp(session=session, crypto=env.crypto, account_id=account_id)
     with unit_of_work(env.factory) as session:
         accounts.confirm_totp(

@@ -321,9 +321,14 @@ def act(
         action, "dismissed"
     )
     seq = _audit(
-        session, crypto, code=f"community-moderation-{action}", account_id=actor.account_id, report=row, action=action,
+        session,
+        crypto,
+        code=f"community-moderation-{action}",
+        account_id=actor.account_id,
+        report=row,
+        action=action,
         now=now,
-    )  # fmt: skip
+    )
     entry = CommunityModAction(
         id=secrets.token_hex(12),
         report_id=row.id,

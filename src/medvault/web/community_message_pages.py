@@ -305,9 +305,15 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
     # -- reporting -----------------------------------------------------------------------------
 
     def report_page(
-        request: Request, *, kind: str, item: str, reason: str = "", note: str = "", message: str | None = None,
+        request: Request,
+        *,
+        kind: str,
+        item: str,
+        reason: str = "",
+        note: str = "",
+        message: str | None = None,
         status: int = 200,
-    ) -> HTMLResponse:  # fmt: skip
+    ) -> HTMLResponse:
         live, _token, _member = as_member(request)
         if kind not in moderation.registered_kinds() or not item or len(item) > 64:
             raise pages.PageRefused(404, "There is nothing to report here.")
@@ -351,9 +357,14 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
                 raise pages.PageRefused(404, "There is nothing to report here.") from None
             except CommunityError as exc:
                 return report_page(
-                    request, kind=kind, item=item, reason=reason, note=note, message=exc.message.capitalize() + ".",
+                    request,
+                    kind=kind,
+                    item=item,
+                    reason=reason,
+                    note=note,
+                    message=exc.message.capitalize() + ".",
                     status=status_of(exc),
-                )  # fmt: skip
+                )
             return RedirectResponse("/community/messages?reported=1", status_code=303)
 
         return await form_action(request, work)
