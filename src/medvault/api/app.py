@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from medvault import logs
-from medvault.api import openapi, shl_routes
+from medvault.api import community_messages, openapi, shl_routes
 from medvault.api import smart as smart_api
 from medvault.api.capability import capability_statement
 from medvault.bodies import read_capped
@@ -132,6 +132,7 @@ def create_app(settings: Settings) -> FastAPI:
     _install_routes(app, state)
     app.responders = shl_routes.install(app, shl_routes.ShlDeps(factory=factory, crypto=crypto))
     pages.install(app, pages.PageDeps(factory=factory, crypto=crypto))
+    community_messages.install(app, community_messages.MessagesDeps(factory=factory, crypto=crypto))
     app.openapi = functools.partial(openapi.build, app)  # type: ignore[method-assign]  # in-process only, see openapi.py
     return app
 

@@ -478,3 +478,127 @@ class CommunityMember(Base):
 
     def __repr__(self) -> str:
         return f"CommunityMember({self.id})"
+
+
+# --- community: messages and moderation ---
+# Who talks with whom is itself sensitive in a patient community, so these tables never hold a
+# member handle in the clear: a member is a keyed token (`community.messages.member_token`), and
+# the handles a page shows are sealed. A stolen copy shows that conversations exist, not whose.
+
+
+class CommunityConversation(Base):
+    """A private conversation between two members. `pair_token` (keyed, of both handles) makes it
+    one per pair without naming them; `key_owner` names the conversation's own data key (purpose
+    "identity"), which every message is sealed under and which is destroyed when both sides are gone."""
+
+    __tablename__ = "community_conversation"
+    __table_args__ = (UniqueConstraint("id"), UniqueConstraint("pair_token"))
+    id: Mapped[str] = mapped_column(String(32))
+    pair_token: Mapped[bytes] = mapped_column(LargeBinary(16))
+    key_owner: Mapped[bytes] = mapped_column(LargeBinary(16))
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"CommunityConversation({self.id})"
+
+
+class CommunityConversationSide(Base):
+    """One participant's view of a conversation: read marker, mute, "deleted for me" (messages up
+    to `cleared_upto` are gone for this side), and the other member's handle, sealed."""
+
+    __tablename__ = "community_conversation_side"
+    __table_args__ = (UniqueConstraint("conversation_id", "member_token"), Index(None, "member_token"))
+    conversation_id: Mapped[str] = mapped_column(String(32))
+    member_token: Mapped[bytes] = mapped_column(LargeBinary(16))
+    peer_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    read_upto: Mapped[int] = mapped_column(Integer, default=0)
+    cleared_upto: Mapped[int] = mapped_column(Integer, default=0)
+    muted: Mapped[bool] = mapped_column(Boolean, default=False)
+    __mapper_args__ = {"primary_key": [conversation_id, member_token]}  # noqa: RUF012
+
+
+class CommunityMessage(Base):
+    """One message: its text and sender handle sealed under the conversation's key, with the
+    conversation id and message id as associated data. `sender_token` (keyed) counts unread
+    messages without opening any."""
+
+    __tablename__ = "community_message"
+    __table_args__ = (UniqueConstraint("id"), UniqueConstraint("conversation_id", "seq"))
+    id: Mapped[str] = mapped_column(String(32))
+    conversation_id: Mapped[str] = mapped_column(String(32))
+    seq: Mapped[int] = mapped_column(Integer)
+    sender_token: Mapped[bytes] = mapped_column(LargeBinary(16))
+    sent: Mapped[datetime] = mapped_column(UtcMicros)
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"CommunityMessage({self.id})"
+
+
+class CommunityBlock(Base):
+    """`blocker` blocked `blocked` (both keyed tokens); `pair_sealed` holds the two handles, sealed,
+    for the lists that must leave blocked members out."""
+
+    __tablename__ = "community_block"
+    __table_args__ = (UniqueConstraint("blocker_token", "blocked_token"), Index(None, "blocked_token"))
+    blocker_token: Mapped[bytes] = mapped_column(LargeBinary(16))
+    blocked_token: Mapped[bytes] = mapped_column(LargeBinary(16))
+    pair_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    __mapper_args__ = {"primary_key": [blocker_token, blocked_token]}  # noqa: RUF012
+
+
+class CommunityReport(Base):
+    """A member's report of one item (post, reply, message, profile). The reason, note, the handles
+    of reporter and author and a snapshot of the item as reported are sealed under the report's
+    own data key (`key_owner`), destroyed when the author's or the reporter's data is deleted."""
+
+    __tablename__ = "community_report"
+    __table_args__ = (UniqueConstraint("id"), Index(None, "state", "created"), Index(None, "author_token"))
+    id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    content_id: Mapped[str] = mapped_column(String(64))
+    key_owner: Mapped[bytes] = mapped_column(LargeBinary(16))
+    reporter_token: Mapped[bytes] = mapped_column(LargeBinary(16))
+    author_token: Mapped[bytes] = mapped_column(LargeBinary(16))
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    state: Mapped[str] = mapped_column(String(16))
+    sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"CommunityReport({self.id}, {self.kind})"
+
+
+class CommunityModAction(Base):
+    """One moderator action (the moderation history). Codes and ids only; `audit_seq` is the
+    access-log entry written in the same transaction."""
+
+    __tablename__ = "community_mod_action"
+    __table_args__ = (UniqueConstraint("id"), Index(None, "created"))
+    id: Mapped[str] = mapped_column(String(32))
+    report_id: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(16))
+    moderator_account: Mapped[str] = mapped_column(String(32))
+    days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    audit_seq: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+
+class CommunityNotice(Base):
+    """A notice a moderator sent a member (a warning, a suspension), sealed under the member's own
+    data key; the member sees it until they dismiss it."""
+
+    __tablename__ = "community_notice"
+    __table_args__ = (UniqueConstraint("id"), Index(None, "member_token", "created"))
+    id: Mapped[str] = mapped_column(String(32))
+    member_token: Mapped[bytes] = mapped_column(LargeBinary(16))
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    seen: Mapped[bool] = mapped_column(Boolean, default=False)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012

@@ -1,0 +1,534 @@
+"""Moderation (issue 5 item 6): members report an item, moderators work a queue and act.
+
+Kinds of content plug in through a small registry, so that moderation never reaches into another
+slice's tables: a kind ("post", "reply", "message", "profile") registers a handler that can take a
+snapshot of one item as it is now, hide or restore it, and name its author. A report keeps that
+snapshot, sealed under the report's own data key: the moderator reads the item *as reported* (not
+as edited since), and, for a private message, that single message alone: moderators never read a
+conversation.
+
+Every moderator action writes an access-log entry in the same transaction and a row of the
+moderation history. Reporter and author are known to the queue by their public handles only.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol, get_args
+
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from medvault.audit import log as audit_log
+from medvault.auth.accounts import Actor
+from medvault.community import members
+from medvault.community.errors import CommunityError, Forbidden, NotFound
+from medvault.community.members import Member
+from medvault.crypto.errors import CryptoError
+from medvault.store.crypto_context import CryptoContext
+from medvault.store.models import CommunityMember, CommunityModAction, CommunityNotice, CommunityReport
+
+__all__ = [
+    "ACTIONS",
+    "REASONS",
+    "STATES",
+    "Action",
+    "HistoryEntry",
+    "KindHandler",
+    "Notice",
+    "QueuedReport",
+    "Reason",
+    "act",
+    "delete_member",
+    "dismiss_notice",
+    "export_member",
+    "history",
+    "member_token",
+    "notices",
+    "queue",
+    "register_kind",
+    "registered_kinds",
+    "report",
+    "unregister_kind",
+]
+
+Reason = Literal["harassment", "spam", "private-information", "self-harm", "misinformation", "other"]
+REASONS: tuple[Reason, ...] = get_args(Reason)
+REASON_LABELS: dict[str, str] = {
+    "harassment": "Harassment or abuse",
+    "spam": "Spam or advertising",
+    "private-information": "Shares someone's private information",
+    "self-harm": "Someone may be at risk of harm",
+    "misinformation": "Dangerous health misinformation",
+    "other": "Something else",
+}
+Action = Literal["hide", "restore", "warn", "suspend", "dismiss"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
+# A report is open until a moderator acts; then it is in the state of the last action, or
+# "withdrawn" when the author or the reporter left (and the report's key went with them).
+STATES = ("open", "hidden", "restored", "warned", "suspended", "dismissed", "withdrawn")
+NOTE_MAX = 1000
+MESSAGE_MAX = 1000
+SUSPEND_DAYS_MAX = 365
+_REPORT_AAD = b"medvault:community-report:v1|"
+_NOTICE_AAD = b"medvault:community-notice:v1|"
+
+
+class KindHandler(Protocol):
+    """What a kind of content provides to moderation. `content_id` is the kind's own id; an unknown
+    or malformed one raises `NotFound`. `author_of` gets the crypto context because some authors
+    are sealed (a message's sender); a kind whose authors are in the clear ignores it."""
+
+    def snapshot_for_report(self, *, session: Session, crypto: CryptoContext, content_id: str) -> dict[str, Any]:
+        """The item as it is now (JSON-able, with "author": the author's member id)."""
+        ...
+
+    def set_hidden(self, *, session: Session, content_id: str, hidden: bool) -> None: ...
+
+    def author_of(self, *, session: Session, crypto: CryptoContext, content_id: str) -> str: ...
+
+
+# reportable_by(session=, crypto=, content_id=, reporter_id=) -> bool: who may report an item of
+# this kind at all (a message: only the other participant). None: any member.
+ReportableBy = Callable[..., bool]
+
+
+@dataclass(frozen=True)
+class _Kind:
+    handler: KindHandler
+    reportable_by: ReportableBy | None
+
+
+_KINDS: dict[str, _Kind] = {}
+
+
+def register_kind(kind: str, handler: KindHandler, *, reportable_by: ReportableBy | None = None) -> None:
+    """Plug a kind of content into moderation (once per kind; registering it again replaces it,
+    which is what a reloaded module does)."""
+    if not (0 < len(kind) <= 16) or not kind.replace("-", "").isalnum():
+        raise ValueError("a kind is 1-16 letters, digits or dashes")
+    _KINDS[kind] = _Kind(handler, reportable_by)
+
+
+def unregister_kind(kind: str) -> None:
+    _KINDS.pop(kind, None)
+
+
+def registered_kinds() -> tuple[str, ...]:
+    return tuple(sorted(_KINDS))
+
+
+def _kind(kind: str) -> _Kind:
+    found = _KINDS.get(kind)
+    if found is None:
+        raise CommunityError("this kind of content cannot be reported", location="kind")
+    return found
+
+
+def member_token(crypto: CryptoContext, member_id: str) -> bytes:
+    """A keyed token of a member handle: the community's private tables hold this, never the
+    handle, so a stolen copy does not show who reported whom or who talks with whom."""
+    return crypto.indexer.search_token(b"community-member", "CommunityMember", "member", member_id)
+
+
+# -- sealing -----------------------------------------------------------------------------------
+
+
+def _report_key(session: Session, crypto: CryptoContext, row: CommunityReport) -> Any:
+    return crypto.data_key(session, purpose="identity", owner=row.key_owner)[1]
+
+
+def _open_report(session: Session, crypto: CryptoContext, row: CommunityReport) -> dict[str, Any] | None:
+    """The sealed part of a report, or None once it was shredded (author or reporter deleted)."""
+    if row.sealed is None:
+        return None
+    try:
+        key = _report_key(session, crypto, row)
+        value: dict[str, Any] = orjson.loads(crypto.sealer.open(key, row.sealed, _REPORT_AAD + row.id.encode()))
+    except CryptoError:
+        return None
+    return value
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+
+def report(
+    *,
+    session: Session,
+    crypto: CryptoContext,
+    reporter: Member,
+    kind: str,
+    content_id: str,
+    reason: str,
+    note: str = "",
+    now: datetime,
+) -> str:
+    """File a report and return its id. The item is snapshotted now, sealed; the reporter may not
+    report their own item; a second open report of the same item by the same member is the first."""
+    entry = _kind(kind)
+    if reason not in REASONS:
+        raise CommunityError("choose a reason for the report", location="reason")
+    note = note.strip()
+    if len(note) > NOTE_MAX:
+        raise CommunityError(f"the note holds at most {NOTE_MAX} characters", location="note")
+    if not content_id or len(content_id) > 64:
+        raise NotFound("no such item")
+    if entry.reportable_by is not None and not entry.reportable_by(
+        session=session, crypto=crypto, content_id=content_id, reporter_id=reporter.id
+    ):
+        raise NotFound("no such item")
+    author = entry.handler.author_of(session=session, crypto=crypto, content_id=content_id)
+    if author == reporter.id:
+        raise Forbidden("you cannot report what you wrote yourself; you can delete it")
+    reporter_token = member_token(crypto, reporter.id)
+    existing = session.execute(
+        select(CommunityReport.id).where(
+            CommunityReport.kind == kind,
+            CommunityReport.content_id == content_id,
+            CommunityReport.reporter_token == reporter_token,
+            CommunityReport.state == "open",
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        return existing
+    snapshot = entry.handler.snapshot_for_report(session=session, crypto=crypto, content_id=content_id)
+    row = CommunityReport(
+        id=secrets.token_hex(12),
+        kind=kind,
+        content_id=content_id,
+        key_owner=secrets.token_bytes(16),
+        reporter_token=reporter_token,
+        author_token=member_token(crypto, author),
+        created=now,
+        state="open",
+    )
+    sealed = {"reason": reason, "note": note, "reporter": reporter.id, "author": author, "snapshot": snapshot}
+    row.sealed = crypto.sealer.seal(
+        _report_key(session, crypto, row), orjson.dumps(sealed), _REPORT_AAD + row.id.encode()
+    )
+    session.add(row)
+    session.flush()
+    _audit(session, crypto, code="community-report", account_id=reporter.account_id, report=row, action=None, now=now)
+    return row.id
+
+
+# -- the queue ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueuedReport:
+    id: str
+    kind: str
+    content_id: str
+    created: datetime
+    state: str
+    reason: str
+    note: str
+    reporter: str
+    author: str
+    snapshot: dict[str, Any] = field(default_factory=dict)
+
+
+def _require_moderator(actor: Actor) -> None:
+    # The page already refuses others; this is the domain's own line, for every face.
+    if actor.role != "moderator" or not actor.mfa_enrolled:
+        raise NotFound("not found")
+
+
+def _queued(session: Session, crypto: CryptoContext, row: CommunityReport) -> QueuedReport:
+    opened = _open_report(session, crypto, row) or {}
+    return QueuedReport(
+        id=row.id,
+        kind=row.kind,
+        content_id=row.content_id,
+        created=row.created,
+        state=row.state,
+        reason=str(opened.get("reason", "")),
+        note=str(opened.get("note", "")),
+        reporter=str(opened.get("reporter", "")) or "a former member",
+        author=str(opened.get("author", "")) or "a former member",
+        snapshot=dict(opened.get("snapshot") or {}),
+    )
+
+
+def queue(
+    *, session: Session, crypto: CryptoContext, actor: Actor, states: tuple[str, ...] = ("open",), limit: int = 100
+) -> list[QueuedReport]:
+    """Reports in `states` (oldest first for the open queue, newest first otherwise), each with
+    the item as it was reported. Moderators only."""
+    _require_moderator(actor)
+    order = CommunityReport.created.asc() if states == ("open",) else CommunityReport.created.desc()
+    rows = session.execute(
+        select(CommunityReport).where(CommunityReport.state.in_(states)).order_by(order).limit(limit)
+    ).scalars()
+    return [_queued(session, crypto, row) for row in rows]
+
+
+def act(
+    *,
+    session: Session,
+    crypto: CryptoContext,
+    actor: Actor,
+    report_id: str,
+    action: str,
+    now: datetime,
+    days: int | None = None,
+    message: str = "",
+) -> str:
+    """Apply a moderator action to the item of a report; returns the history entry's id.
+
+    hide/restore: the item (through its kind's handler). warn: a notice to the author. suspend:
+    the author may not post or message for `days` days (and gets a notice). dismiss: nothing
+    changes. Each is audited in this transaction and listed in the history."""
+    _require_moderator(actor)
+    if action not in ACTIONS:
+        raise CommunityError(f"action must be one of: {', '.join(ACTIONS)}", location="action")
+    row = session.get(CommunityReport, report_id) if 0 < len(report_id) <= 32 else None
+    if row is None:
+        raise NotFound("no such report")
+    message = message.strip()
+    if len(message) > MESSAGE_MAX:
+        raise CommunityError(f"the message to the member holds at most {MESSAGE_MAX} characters", location="message")
+    if action == "suspend":
+        if days is None or not (1 <= days <= SUSPEND_DAYS_MAX):
+            raise CommunityError(f"suspend for 1 to {SUSPEND_DAYS_MAX} days", location="days")
+    else:
+        days = None
+    opened = _open_report(session, crypto, row) or {}
+    author_id = str(opened.get("author", ""))
+    author = _member_or_none(session, author_id)
+    if action in ("hide", "restore"):
+        _kind(row.kind).handler.set_hidden(session=session, content_id=row.content_id, hidden=action == "hide")
+    elif action in ("warn", "suspend"):
+        if author is None:
+            raise CommunityError("the author has left the community", location="action")
+        until = None
+        if action == "suspend":
+            assert days is not None
+            until = now + timedelta(days=days)
+            current = author.suspended_until
+            if current is None or current < until:
+                session.execute(
+                    update(CommunityMember).where(CommunityMember.id == author.id).values(suspended_until=until)
+                )
+        _notify(session, crypto, author, action=action, kind=row.kind, message=message, until=until, now=now)
+    row.state = {"hide": "hidden", "restore": "restored", "warn": "warned", "suspend": "suspended"}.get(
+        action, "dismissed"
+    )
+    seq = _audit(
+        session,
+        crypto,
+        code=f"community-moderation-{action}",
+        account_id=actor.account_id,
+        report=row,
+        action=action,
+        now=now,
+    )
+    entry = CommunityModAction(
+        id=secrets.token_hex(12),
+        report_id=row.id,
+        action=action,
+        moderator_account=actor.account_id,
+        days=days,
+        created=now,
+        audit_seq=seq,
+    )
+    session.add(entry)
+    session.flush()
+    return entry.id
+
+
+def _member_or_none(session: Session, member_id: str) -> Member | None:
+    try:
+        return members.by_id(session=session, member_id=member_id)
+    except NotFound:
+        return None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: str
+    created: datetime
+    action: str
+    report_id: str
+    kind: str
+    content_id: str
+    moderator_account: str
+    days: int | None
+    audit_seq: int
+
+
+def history(*, session: Session, actor: Actor, limit: int = 200) -> list[HistoryEntry]:
+    """Moderator actions, newest first (codes and ids: no content)."""
+    _require_moderator(actor)
+    rows = session.execute(
+        select(CommunityModAction, CommunityReport.kind, CommunityReport.content_id)
+        .join(CommunityReport, CommunityReport.id == CommunityModAction.report_id, isouter=True)
+        .order_by(CommunityModAction.created.desc(), CommunityModAction.audit_seq.desc())
+        .limit(limit)
+    ).all()
+    return [
+        HistoryEntry(
+            id=a.id,
+            created=a.created,
+            action=a.action,
+            report_id=a.report_id,
+            kind=kind or "",
+            content_id=content_id or "",
+            moderator_account=a.moderator_account,
+            days=a.days,
+            audit_seq=a.audit_seq,
+        )
+        for a, kind, content_id in rows
+    ]
+
+
+def _audit(
+    session: Session,
+    crypto: CryptoContext,
+    *,
+    code: str,
+    account_id: str,
+    report: CommunityReport,
+    action: str | None,
+    now: datetime,
+) -> int:
+    """An access-log entry: who (account), what (code), which report and item. No content."""
+    event = {
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "subtype": [{"system": "urn:medvault:community", "code": code}],
+        "action": "U" if action else "C",
+        "recorded": now.isoformat().replace("+00:00", "Z"),
+        "outcome": "0",
+        "agent": [{"who": {"identifier": {"system": "urn:medvault:account", "value": account_id}}, "requestor": True}],
+        "source": {"observer": {"display": "medvault"}, "type": [{"code": "4"}]},
+        "entity": [
+            {"what": {"identifier": {"system": "urn:medvault:community-report", "value": report.id}}},
+            {"what": {"identifier": {"system": f"urn:medvault:community-{report.kind}", "value": report.content_id}}},
+        ],
+    }
+    return audit_log.append(session=session, crypto=crypto, event=event, patient_id=None, now=now)
+
+
+# -- notices to members ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notice:
+    id: str
+    created: datetime
+    action: str
+    kind: str
+    message: str
+    until: datetime | None
+
+
+def _member_key(session: Session, crypto: CryptoContext, member: Member) -> Any:
+    return crypto.data_key(session, purpose="identity", owner=member.key_owner)[1]
+
+
+def _notify(
+    session: Session,
+    crypto: CryptoContext,
+    member: Member,
+    *,
+    action: str,
+    kind: str,
+    message: str,
+    until: datetime | None,
+    now: datetime,
+) -> None:
+    notice_id = secrets.token_hex(12)
+    body = {"action": action, "kind": kind, "message": message, "until": until.isoformat() if until else None}
+    sealed = crypto.sealer.seal(
+        _member_key(session, crypto, member), orjson.dumps(body), _NOTICE_AAD + notice_id.encode()
+    )
+    session.add(
+        CommunityNotice(
+            id=notice_id, member_token=member_token(crypto, member.id), created=now, seen=False, sealed=sealed
+        )
+    )
+
+
+def notices(*, session: Session, crypto: CryptoContext, member: Member, unseen_only: bool = True) -> list[Notice]:
+    """The member's notices from moderators, newest first."""
+    query = select(CommunityNotice).where(CommunityNotice.member_token == member_token(crypto, member.id))
+    if unseen_only:
+        query = query.where(CommunityNotice.seen.is_(False))
+    out = []
+    for row in session.execute(query.order_by(CommunityNotice.created.desc())).scalars():
+        body = orjson.loads(
+            crypto.sealer.open(_member_key(session, crypto, member), row.sealed, _NOTICE_AAD + row.id.encode())
+        )
+        until = datetime.fromisoformat(body["until"]) if body.get("until") else None
+        out.append(Notice(row.id, row.created, str(body["action"]), str(body["kind"]), str(body["message"]), until))
+    return out
+
+
+def dismiss_notice(*, session: Session, crypto: CryptoContext, member: Member, notice_id: str) -> None:
+    done = session.execute(
+        update(CommunityNotice)
+        .where(CommunityNotice.id == notice_id[:32], CommunityNotice.member_token == member_token(crypto, member.id))
+        .values(seen=True)
+    )
+    if not getattr(done, "rowcount", 0):
+        raise NotFound("no such notice")
+
+
+# -- your data ---------------------------------------------------------------------------------
+
+
+def export_member(*, session: Session, crypto: CryptoContext, member: Member) -> dict[str, Any]:
+    """What this member wrote to moderation (their reports: kind, item, reason, note) and the
+    notices they received. Not the snapshots of others' content they reported."""
+    token = member_token(crypto, member.id)
+    reports = []
+    for row in session.execute(
+        select(CommunityReport).where(CommunityReport.reporter_token == token).order_by(CommunityReport.created)
+    ).scalars():
+        opened = _open_report(session, crypto, row) or {}
+        reports.append(
+            {
+                "id": row.id,
+                "kind": row.kind,
+                "item": row.content_id,
+                "created": row.created.isoformat(),
+                "state": row.state,
+                "reason": opened.get("reason"),
+                "note": opened.get("note"),
+            }
+        )
+    received = [
+        {"created": n.created.isoformat(), "action": n.action, "kind": n.kind, "message": n.message}
+        for n in notices(session=session, crypto=crypto, member=member, unseen_only=False)
+    ]
+    return {"reports": reports, "notices": received}
+
+
+def delete_member(*, session: Session, crypto: CryptoContext, member: Member) -> int:
+    """Forget a leaving member in moderation: reports about their content lose the snapshot (its
+    key is destroyed: the content is theirs), reports they filed lose reason, note and snapshot
+    (the report row stays, so the history still adds up), their notices go. Returns how many
+    reports were shredded."""
+    token = member_token(crypto, member.id)
+    rows = session.execute(
+        select(CommunityReport).where(
+            (CommunityReport.author_token == token) | (CommunityReport.reporter_token == token)
+        )
+    ).scalars()
+    shredded = 0
+    for row in rows:
+        crypto.destroy_data_key(session, purpose="identity", owner=row.key_owner)
+        row.sealed = None
+        if row.state == "open":
+            row.state = "withdrawn"
+        shredded += 1
+    for notice in session.execute(select(CommunityNotice).where(CommunityNotice.member_token == token)).scalars():
+        session.delete(notice)
+    return shredded
