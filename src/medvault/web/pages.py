@@ -630,7 +630,11 @@ def _grant_scope(grant: Grant) -> str:
     return what + " (not sensitive parts)"
 
 
-_ALERT_KINDS = {"honeytoken": "Decoy record touched", "rate": "Unusually many patients"}
+_ALERT_KINDS = {
+    "honeytoken": "Decoy record touched",
+    "rate": "Unusually many patients",
+    "community-reading": "Unusually many community profiles or posts read",
+}
 
 
 TIMELINE_LIMIT = 300
