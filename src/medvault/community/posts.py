@@ -52,6 +52,7 @@ __all__ = [
     "export",
     "history",
     "listing",
+    "own_item",
     "reply",
     "research_export",
     "set_hidden",
@@ -512,6 +513,11 @@ def thread(
         raise NotFound("no such post")
     audience = top.audience if top is not None else (rows[0].audience if rows else POST_DEFAULT)
     return Thread(id=post_id, post=post, replies=replies, audience=audience)  # type: ignore[arg-type]
+
+
+def own_item(*, session: Session, crypto: CryptoContext, member: members.Member, item_id: str) -> PostView:
+    """The member's own post or reply, as its author sees it (NotFound for anyone else's)."""
+    return _view(session, crypto, _own_row(session, member, item_id), "author")
 
 
 def history(*, session: Session, crypto: CryptoContext, member: members.Member, item_id: str) -> list[Revision]:
