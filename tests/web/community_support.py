@@ -94,10 +94,11 @@ def _person(env: Any, role: str, n: int, *, join: bool) -> Person:
     return Person(role, account_id, token, member_id, sessions.csrf_token(env.crypto, token))
 
 
-def site(env: Any, *, with_people: bool = True) -> Iterator[Site]:
+def site(env: Any, *, with_people: bool = True, **overrides: Any) -> Iterator[Site]:
+    """The app on `env`'s store; `overrides`: settings to change (e.g. community limits)."""
     from medvault.api.app import create_app
 
-    app = create_app(env.settings)
+    app = create_app(env.settings.model_copy(update=overrides) if overrides else env.settings)
     with TestClient(app, base_url=ORIGIN) as client:
         s = Site(client, env)
         with unit_of_work(env.factory) as session:

@@ -191,3 +191,66 @@ def test_json_publish_needs_confirmation_for_findings(csite: Site) -> None:
     assert done.status_code == 201
     assert csite.api("POST", "/community/api/posts", "author", json=[1]).status_code == 400
     assert csite.api("POST", "/community/api/posts", "author", json={"title": 3, "body": "x"}).status_code == 400
+
+
+def test_too_many_views_are_a_429_with_retry_after_on_pages_and_json(vault_env: Any) -> None:
+    for s in site(vault_env, community_listing_pages_per_hour_address=3, community_profile_views_per_hour=2):
+        for _ in range(3):
+            assert s.get("/community").status_code == 200
+        page = s.get("/community")
+        assert page.status_code == 429
+        assert 0 < int(page.headers["retry-after"]) <= 3600
+        assert "try again later" in page.text
+        api = s.api("GET", "/community/api/posts")
+        assert api.status_code == 429
+        assert "retry-after" in api.headers
+        handle = s.people["member"].member_id
+        # Per account: the author may view two profiles an hour here, from any address.
+        for _ in range(2):
+            assert s.get(f"/community/members/{handle}", "author").status_code == 200
+        assert s.get(f"/community/members/{handle}", "author").status_code == 429
+        assert s.api("GET", f"/community/api/members/{handle}", "author").status_code == 429
+
+
+def test_your_data_download_and_account_deletion(csite: Site) -> None:
+    from sqlalchemy import select
+
+    from medvault.audit import log as audit_log
+    from medvault.db import unit_of_work
+    from medvault.store.models import CommunityMember, CommunityPost, DataKey
+    from tests.community.support import raw_bytes
+
+    post_id = _publish(csite, "author", title="Mine-title-5150", body="Mine-body-5150", audience="everyone")
+    csite.post_form(f"/community/posts/{post_id}/reply", "member", {"body": "Their-reply-5150", "confirm": "yes"})
+    csite.post_form("/community/me/profile", "author", {"bio": "Mine-bio-5150", "bio.visibility": "members"})
+    data = csite.get("/community/me/data.json", "author")
+    assert data.status_code == 200
+    assert data.headers["content-disposition"].startswith("attachment")
+    doc = data.json()
+    assert doc["posts"][0]["title"] == "Mine-title-5150"
+    assert doc["profile"]["values"]["bio"] == "Mine-bio-5150"
+    assert "Their-reply-5150" not in data.text  # someone else's words are theirs
+    assert csite.api("GET", "/community/api/me/data", "author").json()["posts"][0]["body"] == "Mine-body-5150"
+    handle = csite.people["author"].member_id
+    env = csite.env
+    with unit_of_work(env.factory) as session:
+        key_owner = session.get(CommunityMember, handle).key_owner
+        size_before = audit_log.size(session=session)
+    refused = csite.post_form("/community/me/delete", "author", {"confirm": "maybe"})
+    assert refused.status_code == 400
+    done = csite.post_form("/community/me/delete", "author", {"confirm": "delete"})
+    assert done.status_code == 200
+    assert "deleted" in done.text
+    with unit_of_work(env.factory) as session:
+        assert session.get(CommunityMember, handle) is None
+        assert session.execute(select(CommunityPost).where(CommunityPost.author_id == handle)).first() is None
+        assert session.execute(select(DataKey).where(DataKey.owner == key_owner)).first() is None
+        assert audit_log.size(session=session) == size_before + 1
+    stored = raw_bytes(env)
+    for canary in (b"Mine-title-5150", b"Mine-body-5150", b"Mine-bio-5150"):
+        assert canary not in stored
+    # The other member's reply stays, under a post shown as removed.
+    thread = csite.get(f"/community/posts/{post_id}", "member")
+    assert "Post removed" in thread.text
+    assert "Their-reply-5150" in thread.text
+    assert csite.get("/community/me/data", "author").status_code == 403  # no longer a member
