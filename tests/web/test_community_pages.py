@@ -254,3 +254,31 @@ def test_your_data_download_and_account_deletion(csite: Site) -> None:
     assert "Post removed" in thread.text
     assert "Their-reply-5150" in thread.text
     assert csite.get("/community/me/data", "author").status_code == 403  # no longer a member
+
+
+def test_the_record_link_is_off_by_default_and_only_suggests_to_the_member(csite: Site) -> None:
+    from medvault.db import unit_of_work
+    from medvault.records import service
+    from tests.helpers import open_vault
+
+    with unit_of_work(csite.env.factory) as session:
+        from medvault.auth import accounts
+
+        pid = accounts.actor_for(
+            session=session, crypto=csite.env.crypto, account_id=csite.people["author"].account_id
+        ).patient_id
+    with open_vault(csite.env) as v:
+        current = service.read(vault=v, rtype="Patient", rid=pid)
+        service.update(vault=v, rtype="Patient", rid=pid, resource={**current, "birthDate": "1984-02-29"})
+    form = csite.get("/community/me/profile", "author")
+    assert "From your record" not in form.text
+    linked = csite.post_form("/community/me/profile", "author", {"record_linked": "yes"})
+    assert linked.status_code == 303
+    form = csite.get("/community/me/profile", "author")
+    assert "From your record: 1984" in form.text
+    handle = csite.people["author"].member_id
+    for who in ("member", "moderator", None):
+        assert "<dd>1984" not in csite.get(f"/community/members/{handle}", who).text
+    assert '"birth":"1984"' not in csite.api("GET", f"/community/api/members/{handle}", "member").text
+    csite.post_form("/community/me/profile", "author", {})  # unticked: apart again
+    assert "From your record" not in csite.get("/community/me/profile", "author").text

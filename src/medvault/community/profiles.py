@@ -54,6 +54,7 @@ __all__ = [
     "set_avatar",
     "set_hidden",
     "snapshot_for_report",
+    "suggestions_from_record",
     "update",
     "view",
 ]
@@ -356,6 +357,21 @@ def avatar(
         blob=row.picture,
         bound=sealing.aad(_TABLE, handle, "picture"),
     )
+
+
+def suggestions_from_record(patient: dict[str, Any]) -> dict[str, str]:
+    """With the record link on: what the member's own Patient resource suggests for their profile
+    (birth year, sex), shown to them alone as values to copy; nothing is saved or shown to others."""
+    out: dict[str, str] = {}
+    born = patient.get("birthDate")
+    if isinstance(born, str) and len(born) >= 4 and born[:4].isdigit():
+        out["birth"] = born[:4]
+    gender = patient.get("gender")
+    if gender in ("female", "male"):
+        out["sex"] = str(gender)
+    elif gender == "other":
+        out["sex"] = "other"
+    return out
 
 
 # -- moderation hooks (community/moderation.py calls these; content_id is the member's handle) ----

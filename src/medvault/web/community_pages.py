@@ -35,6 +35,8 @@ from medvault.community.errors import CommunityError, Forbidden, NotFound, RateL
 from medvault.community.images import MAX_BYTES, OUTPUT_TYPE
 from medvault.config import Settings
 from medvault.db import unit_of_work
+from medvault.records import guard, service
+from medvault.records.errors import NotFound as RecordNotFound
 from medvault.web import pages
 
 T = TypeVar("T")
@@ -539,8 +541,21 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
             values = {f: override.get(f, "") for f in profiles.TEXT_FIELDS}
             visibility = {f: override.get(f"{f}.visibility", visibility.get(f, "only-me")) for f in profiles.FIELDS}
             linked = override.get("record_linked") == "yes"
+        suggested: dict[str, str] = {}
+        actor = reader.actor
+        if mine.record_linked and actor is not None and actor.role == "patient" and actor.patient_id:
+            # Linked by the member's explicit choice: read their own Patient (audited like any read
+            # of the record) to suggest values on this page, to them alone.
+            caller = guard.Caller(actor=actor, via="page", address=None)
+            try:
+                with guard.unit_of_work(deps.factory, deps.crypto, caller) as vault:
+                    patient = service.read(vault=vault, rtype="Patient", rid=actor.patient_id)
+                suggested = profiles.suggestions_from_record(patient)
+            except (RecordNotFound, guard.Forbidden):
+                suggested = {}
         return _page(
             "community_profile_edit.html",
+            suggested=suggested,
             status=status,
             live=reader.live,
             handle=me.id,
