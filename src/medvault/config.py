@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     # ask for one (empty: switched off). Other roles can never be made eligible (validator below).
     break_glass_hours: int = Field(default=4, ge=1, le=24)
     break_glass_roles: tuple[str, ...] = ("clinician",)
+    # Community scraping guard (design-community.md): views per hour, per account and per client
+    # address (a 429 with Retry-After past them), and the number of distinct profiles and posts one
+    # account may read in an hour before the privacy officer gets an alert.
+    community_profile_views_per_hour: int = Field(default=120, ge=1, le=1_000_000)
+    community_profile_views_per_hour_address: int = Field(default=600, ge=1, le=1_000_000)
+    community_listing_pages_per_hour: int = Field(default=600, ge=1, le=1_000_000)
+    community_listing_pages_per_hour_address: int = Field(default=600, ge=1, le=1_000_000)
+    community_alert_reads_per_hour: int = Field(default=200, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

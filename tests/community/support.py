@@ -1,4 +1,5 @@
-"""Members, moderators and access-log reading shared by the messages and moderation tests."""
+"""Shared helpers of the community tests: members and moderators made straight through the services,
+the community's access-log entries, and a raw read of every stored value (the canary scan)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from medvault.store.models import AuditEntry
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
 
-def new_member(env: Any, *, role: str = "patient", now: datetime = NOW) -> tuple[Actor, Member]:
+def new_member(env: Any, role: str = "patient", *, now: datetime = NOW) -> tuple[Actor, Member]:
     actor = Actor(account_id=secrets.token_hex(16), role=role, mfa_enrolled=role == "moderator")  # type: ignore[arg-type]
     with unit_of_work(env.factory) as session:
         member = members.join(session=session, actor=actor, now=now)
@@ -52,3 +53,22 @@ def codes(events: list[dict[str, Any]]) -> list[str]:
         for e in events
         if e.get("subtype") and e["subtype"][0].get("system") == "urn:medvault:community"
     ]
+
+
+def raw_bytes(env: Any) -> bytes:
+    """Every stored value of every table, as bytes (the canary scan of the tests)."""
+    from sqlalchemy import MetaData
+
+    out = bytearray()
+    meta = MetaData()
+    meta.reflect(bind=env.engine)
+    with env.engine.connect() as conn:
+        for table in meta.sorted_tables:
+            for row in conn.execute(select(table)):
+                for value in row:
+                    if isinstance(value, bytes | bytearray | memoryview):
+                        out += bytes(value)
+                    elif value is not None:
+                        out += str(value).encode()
+                    out += b"\x00"
+    return bytes(out)

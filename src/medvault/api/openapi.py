@@ -50,6 +50,18 @@ PUBLIC: frozenset[tuple[str, str]] = frozenset(
         ("/shl/m/{link_id}", "post"),
         ("/shl/m/{link_id}", "get"),
         ("/shl/f/{token}", "get"),
+        # The community's public face: a visitor reads what members made public (everyone-audience
+        # posts and profile fields), and nothing else; the privacy matrix test pins what that is.
+        ("/community", "get"),
+        ("/community/posts/{post_id}", "get"),
+        ("/community/members/{handle}", "get"),
+        ("/community/members/{handle}/picture", "get"),
+        ("/community/feed.xml", "get"),
+        ("/community/sitemap.xml", "get"),
+        ("/robots.txt", "get"),
+        ("/community/api/posts", "get"),
+        ("/community/api/posts/{post_id}", "get"),
+        ("/community/api/members/{handle}", "get"),
     }
 )
 FHIR_ID_PATTERN = r"^[A-Za-z0-9\-.]{1,64}$"

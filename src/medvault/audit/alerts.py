@@ -45,15 +45,19 @@ __all__ = [
     "mark_decoy",
     "observe",
     "prune_rates",
+    "raise_hourly",
 ]
 
-AlertKind = Literal["honeytoken", "rate"]
+AlertKind = Literal["honeytoken", "rate", "community-reading"]
 DEFAULT_PATIENTS_PER_HOUR = 50
 # Fixed texts: nothing from the request or the record is ever formatted into an alert.
 _DETAIL: dict[str, str] = {
     "honeytoken": "A decoy patient record was accessed. No legitimate workflow touches decoys.",
     "honeytoken-refused": "A decoy patient record was requested and refused. No legitimate workflow touches decoys.",
     "rate": "This account was shown more distinct patients within one hour than the configured threshold.",
+    "community-reading": (
+        "This account read more distinct community profiles or posts within one hour than the configured threshold."
+    ),
 }
 _MEMO = "medvault_alerts_raised"
 
@@ -252,6 +256,25 @@ def observe(
         if alert is not None:
             raised.append(alert)
     return raised
+
+
+def raise_hourly(*, session: Session, kind: AlertKind, account_id: str, now: datetime) -> Alert | None:
+    """Raise a fixed-text alert of `kind` for `account_id`, at most one per account per epoch hour
+    (other detectors than `observe`, such as the community's scraping guard, call this)."""
+    start = datetime.fromtimestamp(hour_of(now) * 3600, tz=UTC)
+    existing = session.execute(
+        select(Alert.id)
+        .where(
+            Alert.account_id == account_id,
+            Alert.kind == kind,
+            Alert.raised >= start,
+            Alert.raised < start + timedelta(hours=1),
+        )
+        .limit(1)
+    ).first()
+    if existing is not None:
+        return None
+    return _raise(session, kind=kind, detail=kind, account_id=account_id, now=now)
 
 
 def prune_rates(*, session: Session, before: datetime) -> int:

@@ -602,3 +602,80 @@ class CommunityNotice(Base):
     seen: Mapped[bool] = mapped_column(Boolean, default=False)
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
     __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+
+# --- community: profiles, posts, replies, revisions, reading counts (issue 5 items 1, 2, 8) ---
+
+
+class CommunityProfile(Base):
+    """A member's profile: every field, its visibility and the record-link choice in one sealed
+    blob (`sealed`, under the member's own data key), so a stolen copy cannot even tell which fields
+    a member filled in or shares. `picture` is the re-encoded avatar, sealed the same way. `hidden`
+    is set by moderation."""
+
+    __tablename__ = "community_profile"
+    __table_args__ = (UniqueConstraint("member_id"),)
+    member_id: Mapped[str] = mapped_column(String(32))
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    picture: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated: Mapped[datetime] = mapped_column(UtcMicros)
+    __mapper_args__ = {"primary_key": [member_id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"CommunityProfile({self.member_id})"
+
+
+class CommunityPost(Base):
+    """A question or blog post (`thread_id` None) or a reply (`thread_id`: its post). Title and text
+    are sealed under the author's data key, bound to (table, id, column, revision). A reply has no
+    audience of its own: it inherits its post's, read at every request (`audience` is kept equal to
+    the post's only as a narrowing filter). `quote_id`: the post or reply it quotes, by id only:
+    nothing is copied, so a deleted original shows as "removed"."""
+
+    __tablename__ = "community_post"
+    __table_args__ = (
+        UniqueConstraint("id"),
+        Index(None, "thread_id", "created"),
+        Index(None, "author_id"),
+        Index(None, "audience", "created"),
+    )
+    id: Mapped[str] = mapped_column(String(32))
+    author_id: Mapped[str] = mapped_column(String(32))
+    thread_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    quote_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    audience: Mapped[str] = mapped_column(String(16))
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    updated: Mapped[datetime] = mapped_column(UtcMicros)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"CommunityPost({self.id})"
+
+
+class CommunityRevision(Base):
+    """An earlier version of a post or reply (author-only history), sealed like the post."""
+
+    __tablename__ = "community_revision"
+    __table_args__ = (UniqueConstraint("post_id", "number"),)
+    post_id: Mapped[str] = mapped_column(String(32))
+    number: Mapped[int] = mapped_column(Integer, autoincrement=False)
+    created: Mapped[datetime] = mapped_column(UtcMicros)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    __mapper_args__ = {"primary_key": [post_id, number]}  # noqa: RUF012
+
+
+class CommunitySeen(Base):
+    """Which distinct profiles and posts an account read in an epoch hour (scraping alert). Both
+    the account and the item are keyed tokens: the table names neither."""
+
+    __tablename__ = "community_seen"
+    __table_args__ = (UniqueConstraint("subject", "hour", "item"),)
+    subject: Mapped[bytes] = mapped_column(LargeBinary(16))
+    hour: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
+    item: Mapped[bytes] = mapped_column(LargeBinary(16))
+    __mapper_args__ = {"primary_key": [subject, hour, item]}  # noqa: RUF012

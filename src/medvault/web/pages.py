@@ -37,7 +37,7 @@ from medvault.records import guard, service
 from medvault.records.errors import NotFound
 from medvault.smart import tokens
 from medvault.store.crypto_context import CryptoContext
-from medvault.web import apps, break_glass_pages, community_message_pages, emergency_pages
+from medvault.web import apps, break_glass_pages, community_message_pages, community_pages, emergency_pages
 
 COOKIE = "__Host-medvault"
 # No script, no frames, no third-party anything; forms post only to us.
@@ -142,6 +142,15 @@ def require_session(deps: PageDeps, request: Request, *, enrolling: bool = False
     if live is None or live.stage not in allowed or token is None:
         raise SignInRequired
     return live, token
+
+
+def optional_session(deps: PageDeps, request: Request) -> tuple[sessions.Live, str] | None:
+    """The live, fully signed-in session of this request, or None: for pages that signed-out
+    visitors may read too (the community's public posts)."""
+    try:
+        return require_session(deps, request)
+    except SignInRequired:
+        return None
 
 
 def check_form(deps: PageDeps, request: Request, form: dict[str, str], token: str) -> None:
@@ -630,7 +639,11 @@ def _grant_scope(grant: Grant) -> str:
     return what + " (not sensitive parts)"
 
 
-_ALERT_KINDS = {"honeytoken": "Decoy record touched", "rate": "Unusually many patients"}
+_ALERT_KINDS = {
+    "honeytoken": "Decoy record touched",
+    "rate": "Unusually many patients",
+    "community-reading": "Unusually many community profiles or posts read",
+}
 
 
 TIMELINE_LIMIT = 300
@@ -746,6 +759,7 @@ def install(app: Any, deps: PageDeps) -> None:
     emergency_pages.install(app, deps)
     break_glass_pages.install(app, deps)
     community_message_pages.install(app, deps)
+    community_pages.install(app, deps)
     app.mount("/static", StaticFiles(packages=[("medvault.web", "static")]), name="static")
 
     async def to_sign_in(_request: Request, _exc: Exception) -> Response:

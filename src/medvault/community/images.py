@@ -1,0 +1,47 @@
+"""Avatars: only small PNG, JPEG or WebP images are taken, and every one is decoded and re-encoded
+(Pillow) so that nothing of the upload survives but its pixels: no EXIF (camera, GPS position,
+time), no XMP or ICC text, no trailing bytes, no polyglot tricks."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from medvault.community.errors import CommunityError
+
+__all__ = ["MAX_BYTES", "MAX_SIDE", "OUTPUT_TYPE", "clean_image"]
+
+MAX_BYTES = 2 * 1024 * 1024
+MAX_SIDE = 4096  # refused before decoding: a small file can declare a huge canvas
+SIZE = 256
+OUTPUT_TYPE = "image/png"
+_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
+
+
+def clean_image(data: bytes) -> bytes:
+    """The upload as a PNG of at most SIZE x SIZE pixels with no metadata, or a CommunityError."""
+    if not data:
+        raise CommunityError("choose an image file", location="avatar")
+    if len(data) > MAX_BYTES:
+        raise CommunityError("the image is larger than 2 MB", location="avatar")
+    try:
+        with Image.open(io.BytesIO(data), formats=sorted(_FORMATS)) as img:
+            if img.format not in _FORMATS:
+                raise CommunityError("the image must be PNG, JPEG or WebP", location="avatar")
+            width, height = img.size
+            if width < 1 or height < 1 or width > MAX_SIDE or height > MAX_SIDE:
+                raise CommunityError("the image is too large (at most 4096 x 4096 pixels)", location="avatar")
+            img.load()
+            upright = ImageOps.exif_transpose(img)  # keep the orientation the EXIF tag gave, then drop the tag
+            upright.thumbnail((SIZE, SIZE))
+            mode = "RGBA" if upright.mode in ("RGBA", "LA", "P", "PA") else "RGB"
+            pixels = upright.convert(mode)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise CommunityError("the file is not a PNG, JPEG or WebP image", location="avatar") from None
+    # A fresh image holding only the pixels: no info dict, no EXIF, no text chunks survive.
+    clean = Image.new(mode, pixels.size)
+    clean.paste(pixels)
+    out = io.BytesIO()
+    clean.save(out, format="PNG", optimize=True)
+    return out.getvalue()

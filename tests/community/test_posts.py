@@ -1,0 +1,265 @@
+"""Posts and replies: audiences through the one decision, narrowing at once, revisions for the
+author only, deletion that leaves no rows and shows quotes as removed, sealed at rest, moderation
+hooks. Both backends."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from medvault.auth.accounts import Actor
+from medvault.community import members, posts, review
+from medvault.community.errors import CommunityError, Forbidden, NotFound
+from medvault.db import unit_of_work
+from medvault.store.models import CommunityMember, CommunityPost, CommunityRevision
+from tests.community.support import NOW, new_member, raw_bytes
+
+OPERATOR = Actor(account_id="f" * 32, role="admin")
+
+
+def _post(
+    env: Any,
+    member: Any,
+    *,
+    title: str = "A title",
+    body: str = "A body",
+    audience: str = "members",
+    confirm: bool = True,
+) -> str:
+    with unit_of_work(env.factory) as session:
+        return posts.create(
+            session=session,
+            crypto=env.crypto,
+            member=member,
+            kind="question",
+            title=title,
+            body=body,
+            audience=audience,
+            confirm=confirm,
+            now=NOW,
+        )
+
+
+def _reply(env: Any, actor: Actor, member: Any, post_id: str, body: str, quote: str | None = None, **kw: Any) -> str:
+    with unit_of_work(env.factory) as session:
+        return posts.reply(
+            session=session,
+            crypto=env.crypto,
+            actor=actor,
+            member=member,
+            post_id=post_id,
+            body=body,
+            quote_id=quote,
+            confirm=kw.get("confirm", True),
+            now=kw.get("now", NOW + timedelta(seconds=1)),
+        )
+
+
+def _thread(env: Any, actor: Actor | None, me: Any, post_id: str) -> posts.Thread:
+    with unit_of_work(env.factory) as session:
+        return posts.thread(session=session, crypto=env.crypto, actor=actor, me=me, post_id=post_id)
+
+
+def _listing(env: Any, actor: Actor | None, me: Any) -> posts.Listing:
+    with unit_of_work(env.factory) as session:
+        return posts.listing(session=session, crypto=env.crypto, actor=actor, me=me)
+
+
+def test_posts_default_to_members_and_a_visitor_sees_neither_the_post_nor_a_count(vault_env: Any) -> None:
+    author_actor, author = new_member(vault_env)
+    reader_actor, reader = new_member(vault_env)
+    with unit_of_work(vault_env.factory) as session:
+        post_id = posts.create(
+            session=session,
+            crypto=vault_env.crypto,
+            member=author,
+            kind="blog",
+            title="T",
+            body="B",
+            confirm=True,
+            now=NOW,
+        )
+        assert session.get(CommunityPost, post_id).audience == "members"
+    public_id = _post(vault_env, author, title="Public one", audience="everyone")
+    visitor = _listing(vault_env, None, None)
+    assert [p.id for p in visitor.posts] == [public_id]
+    assert visitor.total == 1
+    assert _listing(vault_env, OPERATOR, None).total == 1
+    assert _listing(vault_env, reader_actor, reader).total == 2
+    for actor, me in ((None, None), (OPERATOR, None)):
+        with pytest.raises(NotFound):
+            _thread(vault_env, actor, me, post_id)
+    assert _thread(vault_env, reader_actor, reader, post_id).post.title == "T"
+    assert _thread(vault_env, author_actor, author, post_id).post.mine
+
+
+def test_narrowing_applies_at_once_to_the_post_and_its_replies(vault_env: Any) -> None:
+    _author_actor, author = new_member(vault_env)
+    reader_actor, reader = new_member(vault_env)
+    post_id = _post(vault_env, author, audience="everyone")
+    _reply(vault_env, reader_actor, reader, post_id, "Reply-canary-1")
+    assert [r.body for r in _thread(vault_env, None, None, post_id).replies] == ["Reply-canary-1"]
+    with unit_of_work(vault_env.factory) as session:
+        posts.edit(
+            session=session,
+            crypto=vault_env.crypto,
+            member=author,
+            item_id=post_id,
+            title="A title",
+            body="A body",
+            audience="members",
+            confirm=True,
+            now=NOW,
+        )
+    with pytest.raises(NotFound):
+        _thread(vault_env, None, None, post_id)
+    assert _listing(vault_env, None, None).total == 0
+    with unit_of_work(vault_env.factory) as session:
+        audiences = set(session.execute(select(CommunityPost.audience)).scalars())
+    assert audiences == {"members"}
+    assert _thread(vault_env, reader_actor, reader, post_id).replies[0].body == "Reply-canary-1"
+    # Members-only replies never reach a visitor through a listing's reply count either.
+    assert _listing(vault_env, reader_actor, reader).posts[0].replies == 1
+
+
+def test_edits_keep_a_history_for_the_author_only(vault_env: Any) -> None:
+    _a, author = new_member(vault_env)
+    _b, other = new_member(vault_env)
+    post_id = _post(vault_env, author, title="First title", body="First body")
+    with unit_of_work(vault_env.factory) as session:
+        posts.edit(
+            session=session,
+            crypto=vault_env.crypto,
+            member=author,
+            item_id=post_id,
+            title="Second title",
+            body="Second body",
+            confirm=True,
+            now=NOW + timedelta(minutes=1),
+        )
+    with unit_of_work(vault_env.factory) as session:
+        (rev,) = posts.history(session=session, crypto=vault_env.crypto, member=author, item_id=post_id)
+        assert (rev.number, rev.title, rev.body) == (1, "First title", "First body")
+        with pytest.raises(NotFound):
+            posts.history(session=session, crypto=vault_env.crypto, member=other, item_id=post_id)
+        with pytest.raises(NotFound):
+            posts.edit(
+                session=session,
+                crypto=vault_env.crypto,
+                member=other,
+                item_id=post_id,
+                title="x",
+                body="y",
+                confirm=True,
+                now=NOW,
+            )
+    thread = _thread(vault_env, _b, other, post_id)
+    assert thread.post.edited
+    assert thread.post.body == "Second body"
+
+
+def test_deleting_removes_rows_and_revisions_and_quotes_show_removed(vault_env: Any) -> None:
+    author_actor, author = new_member(vault_env)
+    reader_actor, reader = new_member(vault_env)
+    post_id = _post(vault_env, author, body="Original-canary")
+    first = _reply(vault_env, author_actor, author, post_id, "First-reply-canary")
+    with unit_of_work(vault_env.factory) as session:
+        posts.edit(
+            session=session,
+            crypto=vault_env.crypto,
+            member=author,
+            item_id=first,
+            body="First-reply-edited",
+            confirm=True,
+            now=NOW,
+        )
+    quoting = _reply(vault_env, reader_actor, reader, post_id, "I agree", quote=first, now=NOW + timedelta(seconds=2))
+    shown = _thread(vault_env, reader_actor, reader, post_id)
+    assert shown.replies[-1].quote == posts.Quote(
+        id=first, removed=False, author=author.id, excerpt="First-reply-edited"
+    )
+    with unit_of_work(vault_env.factory) as session:
+        with pytest.raises(NotFound):  # only the author deletes
+            posts.delete_item(session=session, member=reader, item_id=first)
+        posts.delete_item(session=session, member=author, item_id=first)
+        posts.delete_item(session=session, member=author, item_id=post_id)
+    with unit_of_work(vault_env.factory) as session:
+        assert session.get(CommunityPost, first) is None
+        assert session.execute(select(func.count()).select_from(CommunityRevision)).scalar_one() == 0
+    shown = _thread(vault_env, reader_actor, reader, post_id)
+    assert shown.post is None  # removed, and the remaining reply says so
+    (left,) = shown.replies
+    assert left.id == quoting
+    assert left.quote == posts.Quote(id=first, removed=True)
+    data = raw_bytes(vault_env)
+    for canary in (b"Original-canary", b"First-reply-canary", b"First-reply-edited"):
+        assert canary not in data
+
+
+def test_hidden_items_show_to_their_author_only(vault_env: Any) -> None:
+    author_actor, author = new_member(vault_env)
+    reader_actor, reader = new_member(vault_env)
+    mod_actor, moderator = new_member(vault_env, role="moderator")
+    post_id = _post(vault_env, author, title="Hide me", audience="everyone")
+    with unit_of_work(vault_env.factory) as session:
+        snap = posts.snapshot_for_report(session=session, crypto=vault_env.crypto, content_id=post_id)
+        assert snap == {"kind": "post", "text": "Hide me\n\nA body", "author": author.id}
+        assert posts.author_of(session=session, content_id=post_id) == author.id
+        posts.set_hidden(session=session, content_id=post_id, hidden=True)
+    for actor, me in ((None, None), (reader_actor, reader), (mod_actor, moderator), (OPERATOR, None)):
+        with pytest.raises(NotFound):
+            _thread(vault_env, actor, me, post_id)
+        assert _listing(vault_env, actor, me).total == 0
+    own = _thread(vault_env, author_actor, author, post_id)
+    assert own.post.hidden
+    assert _listing(vault_env, author_actor, author).total == 1
+
+
+def test_disclosure_findings_stop_publishing_until_confirmed(vault_env: Any) -> None:
+    actor, author = new_member(vault_env)
+    with pytest.raises(review.NeedsConfirmation) as stopped:
+        _post(vault_env, author, body="call me on 555-867-5309", confirm=False)
+    assert [f.field for f in stopped.value.found] == ["body"]
+    assert stopped.value.found[0].findings[0].kind == "phone"
+    assert _listing(vault_env, actor, author).total == 0
+    post_id = _post(vault_env, author, body="call me on 555-867-5309", confirm=True)
+    with pytest.raises(review.NeedsConfirmation):
+        _reply(vault_env, actor, author, post_id, "or me@example.org", confirm=False)
+    pieces = review.highlight("call me on 555-867-5309 ok", stopped.value.found[0].findings)
+    assert [p.text for p in pieces] == ["call me on ", "555-867-5309", " ok"]
+    assert pieces[1].reason
+
+
+def test_bad_input_and_suspended_members(vault_env: Any) -> None:
+    actor, author = new_member(vault_env)
+    for kwargs, location in (
+        ({"title": ""}, "title"),
+        ({"body": "x" * 20_001}, "body"),
+        ({"audience": "friends"}, "audience"),
+    ):
+        with pytest.raises(CommunityError) as refused:
+            _post(vault_env, author, **kwargs)
+        assert refused.value.location == location
+    with unit_of_work(vault_env.factory) as session:
+        session.execute(
+            update(CommunityMember)
+            .where(CommunityMember.id == author.id)
+            .values(suspended_until=NOW + timedelta(hours=1))
+        )
+        suspended = members.by_id(session=session, member_id=author.id)
+    with pytest.raises(Forbidden):
+        _post(vault_env, suspended)
+    assert _listing(vault_env, actor, author).total == 0
+    with pytest.raises(NotFound):
+        _thread(vault_env, None, None, "../../etc")
+
+
+def test_research_export_holds_nothing_of_the_community(vault_env: Any) -> None:
+    _a, author = new_member(vault_env)
+    _post(vault_env, author, audience="everyone")
+    _post(vault_env, author, audience="members")
+    with unit_of_work(vault_env.factory) as session:
+        assert posts.research_export(session=session, crypto=vault_env.crypto) == []
