@@ -31,8 +31,10 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -130,6 +132,17 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float = 60.0) 
     raise SystemExit("server not ready")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def responder(
     port: int,
     targets: list[dict[str, str]],
@@ -224,7 +237,9 @@ def main() -> None:
             log = data_dir / "logs" / "medvault.log"
             skip = len(log.read_text().splitlines())
             print(f"   machine   {wait_for_quiet(args.quiet_busy, args.quiet_wait)}", flush=True)
+            server_cpu0, client_cpu0 = cpu_seconds(proc.pid), own_cpu_seconds()
             client, errors, elapsed = wave(args.rounds, 0)
+            server_cpu, client_cpu = cpu_seconds(proc.pid) - server_cpu0, own_cpu_seconds() - client_cpu0
         finally:
             proc.terminate()
             try:
@@ -247,6 +262,13 @@ def main() -> None:
             f" {n} pairs in {elapsed:.1f} s"
         )
         print(f"             ({n / elapsed:.0f} pairs/s), statuses {statuses}, errors {len(errors)}")
+        # Where the machine's CPU went: the server is one process (one GIL), and the load generator
+        # shares the same cores, so at saturation the pairs/s is bounded by these two figures.
+        print(
+            f"   cpu       server {server_cpu / max(n, 1) * 1000:.2f} ms/pair"
+            f" ({server_cpu / elapsed * 100:.0f}% of a core),"
+            f" load generator {client_cpu / max(n, 1) * 1000:.2f} ms/pair"
+        )
         rows: list[list[Any]] = []
         for name, values in (("manifest (server)", manifest), ("file (server)", file), ("pair (server)", pairs)):
             rows.append([name, len(values), f"{median(values):.1f}", f"{percentile(values, 95):.1f}"])

@@ -22,6 +22,7 @@ import re
 import secrets
 import threading
 import uuid
+from collections import deque
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -829,7 +830,35 @@ def _hot(session: Session, name: str, **params: Any) -> list[tuple[Any, ...]]:
         cursor.close()
 
 
-_SQLITE_WRITER = threading.Lock()
+class _FairLock:
+    """A mutex that hands over to waiters in arrival order. `threading.Lock` wakes an arbitrary
+    waiter (often the thread that just released it), so under 20 concurrent responders a few
+    waited several rounds: the p95 was more than twice the median at the same throughput."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held = False
+        self._waiters: deque[threading.Lock] = deque()
+
+    def __enter__(self) -> None:
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return
+            baton = threading.Lock()
+            baton.acquire()
+            self._waiters.append(baton)
+        baton.acquire()  # released by the holder's __exit__: ownership passes straight to us
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().release()  # still held: now by the next in line
+            else:
+                self._held = False
+
+
+_SQLITE_WRITER = _FairLock()
 
 
 def _one_at_a_time(factory: sessionmaker[Session]) -> AbstractContextManager[Any]:
