@@ -76,34 +76,61 @@ def rural_targets(state_list: Sequence[str], counties: Iterable[str]) -> list[st
 
 
 class World:
-    """Opted-in members (residents) plus the attacker's accounts, partitioned per root cell."""
+    """Opted-in members (residents, long settled) plus the attacker's accounts, partitioned per
+    root cell as the service does: a placement counts towards k only `settle_days` after it was
+    made (a move starts the wait again); time advances with the queries."""
 
-    def __init__(self, *, policy: geo.CellPolicy, residents: Sequence[str]) -> None:
+    def __init__(self, *, policy: geo.CellPolicy, residents: Sequence[str], settle_days: float = 0.0) -> None:
         self.policy = policy
+        self.settle_days = settle_days
+        self.now = 0.0  # days
         self.resident_fines = [geo.locate(country="US", postcode=p).fine for p in residents]
         self._counts: dict[str, Counter[str]] = defaultdict(Counter)
         for fine in self.resident_fines:
             self._counts[geo.root_of(fine)][fine] += 1
-        self._parts: dict[str, geo.Partition] = {}
+        self._parts: dict[tuple[str, tuple[str, ...]], geo.Partition] = {}
         self.accounts: list[str | None] = []
+        self._placed: list[float] = []
+        self._now_parts: dict[str, geo.Partition] = {}  # valid until the next move or tick
+
+    def _settled_accounts(self, root: str) -> tuple[str, ...]:
+        return tuple(
+            sorted(
+                f
+                for f, at in zip(self.accounts, self._placed, strict=True)
+                if f is not None and geo.root_of(f) == root and self.now - at >= self.settle_days
+            )
+        )
 
     def _part(self, root: str) -> geo.Partition:
-        part = self._parts.get(root)
+        now = self._now_parts.get(root)
+        if now is not None:
+            return now
+        key = (root, self._settled_accounts(root))
+        part = self._parts.get(key)
         if part is None:
-            part = self._parts[root] = geo.partition(self._counts.get(root, Counter()), self.policy)
+            if len(self._parts) > 20_000:
+                self._parts.clear()
+            counts = Counter(self._counts.get(root, Counter()))
+            counts.update(key[1])
+            part = self._parts[key] = geo.partition(counts, self.policy)
+        self._now_parts[root] = part
         return part
 
     def place(self, account: int, fine: str) -> None:
-        """(Re-)place an attacker account: its old and new roots are re-partitioned."""
+        """(Re-)place an attacker account; the same fine cell again is no move (the service keeps
+        the placement's time then too)."""
         while len(self.accounts) <= account:
             self.accounts.append(None)
-        old = self.accounts[account]
-        if old is not None:
-            self._counts[geo.root_of(old)][old] -= 1
-            self._parts.pop(geo.root_of(old), None)
-        self.accounts[account] = fine
-        self._counts[geo.root_of(fine)][fine] += 1
-        self._parts.pop(geo.root_of(fine), None)
+            self._placed.append(0.0)
+        if self.accounts[account] != fine:
+            self.accounts[account] = fine
+            self._placed[account] = self.now
+            self._now_parts.clear()
+
+    def advance(self, days: float) -> None:
+        self.now += days
+        self._now_parts.clear()
 
     def effective(self, fine: str) -> str | None:
         return self._part(geo.root_of(fine)).effective(fine)
@@ -185,9 +212,13 @@ class Attacker:
         *,
         accounts: int = 5,
         pool: int = 40,
+        queries_per_day: float = 40.0,
+        park_rounds: int = 3,
         seed: int = 1,
     ) -> None:
         self.pool = pool
+        self.queries_per_day = queries_per_day
+        self.park_rounds = park_rounds
         self.world = world
         self.universe = universe
         self.targets = list(targets)
@@ -195,7 +226,6 @@ class Attacker:
         self.rng = random.Random(seed)
         self.feasible: list[set[str]] = [set(universe.grid) for _ in self.targets]
         self.queries = 0  # per account
-        self._sybil_turn = 0
 
     def _weight(self, fine: str) -> float:
         return float(len(self.universe.prior.get(fine, ())))
@@ -216,8 +246,10 @@ class Attacker:
         open_targets = [t for t in range(len(self.targets)) if t not in saturated]
         sybils = self.accounts if not open_targets else min(2, self.accounts)
         if saturated:
-            t = saturated[self._sybil_turn % len(saturated)]
-            self._sybil_turn += 1
+            # Sybils stay parked for `park_rounds` queries (long enough to settle), then move on to
+            # another child or target.
+            turn = self.queries // self.park_rounds
+            t = saturated[turn % len(saturated)]
             weighted = sorted(c for c in self.feasible[t] if self._weight(c) > 0)
             cell = self.world.effective(weighted[0]) if weighted else None
             if cell is not None and h3.get_resolution(cell) < geo.FINE_RES and weighted:
@@ -225,9 +257,9 @@ class Attacker:
                 # child reaches k sooner and splits off, and the target's answer tells in or out.
                 res = h3.get_resolution(cell) + 1
                 kids = sorted({h3.cell_to_parent(c, res) for c in weighted})
-                kid = kids[(self._sybil_turn // max(1, len(saturated))) % len(kids)]
+                kid = kids[(turn // len(saturated)) % len(kids)]
                 inside = [c for c in weighted if h3.cell_to_parent(c, res) == kid]
-                chosen.extend(self.rng.choice(inside) for _ in range(sybils))
+                chosen.extend(inside[0] for _ in range(sybils))
         if not open_targets:
             while len(chosen) < self.accounts:
                 chosen.append(self.universe.fine_of[self.rng.choice(self.universe.positions)])
@@ -276,6 +308,7 @@ class Attacker:
                 seen = self.world.answer(viewer, target.fine)
                 self.feasible[t] = {c for c in self.feasible[t] if self._predict(mine, c) == seen}
         self.queries += 1
+        self.world.advance(1.0 / self.queries_per_day)
 
     def estimates(self, t: int) -> tuple[Point, Point]:
         """(centre of the feasible region, best ZIP-prior point) for target t."""
@@ -316,6 +349,7 @@ def setup(
     targets_per_group: int,
     grid_km: float,
     policy: geo.CellPolicy,
+    settle_days: float,
     seed: int = 7,
 ) -> tuple[World, Universe, list[Target]]:
     """A state's synthetic members, with the chosen targets among them."""
@@ -324,7 +358,7 @@ def setup(
     urban = rng.sample(urban_targets(population, urban_centre, urban_radius_km), targets_per_group)
     rural = rng.sample(rural_targets(population, rural_counties), targets_per_group)
     residents = [rng.choice(population) for _ in range(members - len(urban) - len(rural))] + urban + rural
-    world = World(policy=policy, residents=residents)
+    world = World(policy=policy, residents=residents, settle_days=settle_days)
     universe = Universe.build(population, grid_km=grid_km)
     targets = [
         Target(group, p, geo.locate(country="US", postcode=p).fine, point_of(p))
