@@ -37,7 +37,7 @@ from medvault.records import guard, service
 from medvault.records.errors import NotFound
 from medvault.smart import tokens
 from medvault.store.crypto_context import CryptoContext
-from medvault.web import apps, break_glass_pages, emergency_pages
+from medvault.web import apps, break_glass_pages, community_directory_pages, emergency_pages
 
 COOKIE = "__Host-medvault"
 # No script, no frames, no third-party anything; forms post only to us.
@@ -745,6 +745,7 @@ def install(app: Any, deps: PageDeps) -> None:
     apps.install(app, deps)
     emergency_pages.install(app, deps)
     break_glass_pages.install(app, deps)
+    community_directory_pages.install(app, deps)
     app.mount("/static", StaticFiles(packages=[("medvault.web", "static")]), name="static")
 
     async def to_sign_in(_request: Request, _exc: Exception) -> Response:
