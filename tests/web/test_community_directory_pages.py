@@ -65,13 +65,10 @@ def _csrf(html: str) -> str:
     return found.group(1)
 
 
-@pytest.fixture
-def site(vault_env: Any) -> Any:
-    from medvault.api.app import create_app
-
-    _account(vault_env, "pat@example.org", "patient")
+def neighbours(vault_env: Any) -> None:
+    """11 members in and around Manhattan, in the directory at once (POLICY: no settle period)."""
     now = datetime.now(UTC)
-    for i, z in enumerate(CITY[::6][:11]):  # 11 other members in and around Manhattan
+    for i, z in enumerate(CITY[::6][:11]):
         with unit_of_work(vault_env.factory) as session:
             m = members.join(session=session, actor=Actor(account_id=f"{i:032x}", role="patient"), now=now)
             directory.opt_in(
@@ -84,6 +81,14 @@ def site(vault_env: Any) -> Any:
                 now=now,
                 policy=POLICY,
             )
+
+
+@pytest.fixture
+def site(vault_env: Any) -> Any:
+    from medvault.api.app import create_app
+
+    _account(vault_env, "pat@example.org", "patient")
+    neighbours(vault_env)
     app = create_app(vault_env.settings)
     app.state.community_directory_policy = POLICY
     with TestClient(app, base_url=ORIGIN) as client:
