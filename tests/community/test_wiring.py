@@ -16,7 +16,7 @@ from tests.community.support import NOW, fresh, new_member, raw_bytes
 
 def test_every_kind_of_content_is_reportable() -> None:
     assert set(moderation.registered_kinds()) >= {"post", "reply", "profile", "message"}
-    assert [p.name for p in account.parts()][:4] == ["profile", "posts", "messages", "reports"]
+    assert [p.name for p in account.parts()] == ["profile", "posts", "messages", "reports", "directory"]
 
 
 def test_a_reported_post_is_hidden_by_a_moderator_and_its_author_suspended(vault_env: Any) -> None:

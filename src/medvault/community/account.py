@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from medvault.audit import log as audit_log
 from medvault.auth.accounts import Actor
-from medvault.community import members, messages, moderation, posts, profiles
+from medvault.community import directory, members, messages, moderation, posts, profiles
 from medvault.community.errors import Forbidden
 from medvault.store.crypto_context import CryptoContext
 from medvault.store.models import CommunityMember
@@ -76,6 +76,7 @@ register_part("posts", export=_timeless(posts.export), delete=_timeless(posts.de
 # Messages before moderation: a leaving member's reports are withdrawn after their messages go.
 register_part("messages", export=messages.export_member, delete=messages.delete_member)
 register_part("reports", export=_timeless(moderation.export_member), delete=_timeless(moderation.delete_member))
+register_part("directory", export=_timeless(directory.export_member), delete=directory.delete_member)
 
 
 def _audit(

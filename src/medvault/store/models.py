@@ -679,3 +679,44 @@ class CommunitySeen(Base):
     hour: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
     item: Mapped[bytes] = mapped_column(LargeBinary(16))
     __mapper_args__ = {"primary_key": [subject, hour, item]}  # noqa: RUF012
+
+
+# --- community: directory ---
+
+
+class CommunityDirEntry(Base):
+    """A member's opt-in to the directory ("people near me"). No coordinates anywhere: the postcode
+    (`locality_sealed`) and optional directory name are sealed under the member's own data key;
+    the fine H3 cell (`fine_sealed`) under the directory's shared key, so the partition can be
+    recomputed without unwrapping every member's key. Only `cell`, the *effective* cell (at least
+    k members and a static floor of ZIP areas, i.e. what other members can learn anyway), and
+    `region`, the huge root cell that bounds a recomputation, are plain. `counts_from`: when this
+    placement starts counting towards k (a fresh or moved placement waits, so parked sybil
+    accounts cannot split cells quickly)."""
+
+    __tablename__ = "community_dir_entry"
+    __table_args__ = (UniqueConstraint("member_id"), Index(None, "region"), Index(None, "cell"))
+    member_id: Mapped[str] = mapped_column(ForeignKey("community_member.id", ondelete="CASCADE"))
+    region: Mapped[str] = mapped_column(String(16))
+    cell: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    placed: Mapped[datetime] = mapped_column(UtcMicros)
+    counts_from: Mapped[datetime] = mapped_column(UtcMicros)
+    fine_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    locality_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    name_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    __mapper_args__ = {"primary_key": [member_id]}  # noqa: RUF012
+
+    def __repr__(self) -> str:
+        return f"CommunityDirEntry({self.member_id})"
+
+
+class CommunityDirRegion(Base):
+    """One root cell of the directory: its row lock serialises recomputations of the partition
+    there, and `due` is when the next waiting placement starts counting (recompute then)."""
+
+    __tablename__ = "community_dir_region"
+    __table_args__ = (UniqueConstraint("region"), Index(None, "due"))
+    region: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
+    due: Mapped[datetime | None] = mapped_column(UtcMicros, nullable=True)
+    __mapper_args__ = {"primary_key": [region]}  # noqa: RUF012

@@ -37,7 +37,14 @@ from medvault.records import guard, service
 from medvault.records.errors import NotFound
 from medvault.smart import tokens
 from medvault.store.crypto_context import CryptoContext
-from medvault.web import apps, break_glass_pages, community_message_pages, community_pages, emergency_pages
+from medvault.web import (
+    apps,
+    break_glass_pages,
+    community_directory_pages,
+    community_message_pages,
+    community_pages,
+    emergency_pages,
+)
 
 COOKIE = "__Host-medvault"
 # No script, no frames, no third-party anything; forms post only to us.
@@ -760,6 +767,7 @@ def install(app: Any, deps: PageDeps) -> None:
     break_glass_pages.install(app, deps)
     community_message_pages.install(app, deps)
     community_pages.install(app, deps)
+    community_directory_pages.install(app, deps)
     app.mount("/static", StaticFiles(packages=[("medvault.web", "static")]), name="static")
 
     async def to_sign_in(_request: Request, _exc: Exception) -> Response:

@@ -1,0 +1,79 @@
+"""community/geo.py, pure: postcode placement, the partition's guarantees (every effective cell
+with members holds at least k of them and spans at least the static floor of ZIP areas; the
+result depends on the counts only), and bands between cells."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import h3
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medvault.community import geo
+from medvault.community.errors import CommunityError
+from tests.community.attacker import state_zips
+
+NY = state_zips("NY")
+FINES = sorted({geo.locate(country="US", postcode=z).fine for z in NY})
+
+
+def test_locate_normalises_and_refuses_what_it_cannot_place() -> None:
+    place = geo.locate(country=" us ", postcode=" 10001-1234 ")
+    assert (place.country, place.postcode) == ("US", "10001")
+    assert h3.get_resolution(place.fine) == geo.FINE_RES
+    assert geo.root_of(place.fine) == h3.cell_to_parent(place.fine, geo.ROOT_RES)
+    with pytest.raises(geo.Unsupported):
+        geo.locate(country="CA", postcode="K1A 0B1")
+    for bad in ("1000", "100011", "abcde", "00000", ""):
+        with pytest.raises(CommunityError) as refused:
+            geo.locate(country="US", postcode=bad)
+        assert refused.value.location == "postcode"
+    assert geo.postcode_count(h3.cell_to_parent(place.fine, 4)) >= geo.postcode_count(place.fine) >= 1
+
+
+def test_bands_are_symmetric_coarse_and_zero_only_for_the_same_cell() -> None:
+    a = geo.locate(country="US", postcode="10001").fine
+    b = geo.locate(country="US", postcode="14201").fine  # Buffalo, ~470 km
+    assert geo.band(a, a) == 0
+    assert geo.band(a, b) == geo.band(b, a) == len(geo.BANDS) - 1
+    assert geo.BANDS[geo.band(a, b)] == "more than 200 km"
+    neighbour = h3.grid_ring(a, 1)[0]
+    assert geo.band(a, neighbour) == 1  # adjacent fine cells: "within 25 km", never finer
+    assert geo.BAND_EDGES_KM[0] > 2 * h3.average_hexagon_edge_length(geo.FINE_RES, unit="km")
+
+
+def _region_areas(part: geo.Partition, cell: str) -> int:
+    """ZIP areas left to an effective cell once its effective children are split off."""
+    kids = [c for c in part.cells if h3.get_resolution(c) == h3.get_resolution(cell) + 1]
+    return geo.postcode_count(cell) - sum(
+        geo.postcode_count(c) for c in kids if h3.cell_to_parent(c, h3.get_resolution(cell)) == cell
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    picks=st.lists(st.sampled_from(FINES), min_size=1, max_size=400),
+    k=st.integers(min_value=2, max_value=12),
+    z=st.integers(min_value=1, max_value=10),
+)
+def test_every_effective_cell_holds_k_members_and_the_static_floor(picks: list[str], k: int, z: int) -> None:
+    policy = geo.CellPolicy(min_members=k, min_postcodes=z)
+    counts = Counter(picks)
+    part = geo.partition(counts, policy)
+    groups: dict[str, int] = defaultdict(int)
+    for fine, n in counts.items():
+        cell = part.effective(fine)
+        if cell is None:  # only where the whole root has fewer than k
+            assert sum(m for f, m in counts.items() if geo.root_of(f) == geo.root_of(fine)) < k
+            continue
+        assert h3.cell_to_parent(fine, h3.get_resolution(cell)) == cell
+        groups[cell] += n
+    for cell, n in groups.items():
+        assert n >= k
+        if h3.get_resolution(cell) > geo.ROOT_RES:
+            assert _region_areas(part, cell) >= z
+    # Order and representation do not matter, only the counts.
+    assert geo.partition(Counter(reversed(picks)), policy) == part
+    assert geo.partition({**counts, FINES[0]: counts.get(FINES[0], 0)}, policy) == part
