@@ -1,7 +1,7 @@
 """The stolen-copy scan (tests/test_stolen_copy.py) with the community in use: Synthea patients are
 imported, then each joins the community and writes their own name, street, town, postcode, phone,
 birth date and diagnoses into their profile (every field, every audience), posts, replies, private
-messages and a report. The data directory (database, WAL, logs) still holds none of those
+messages, a report and the directory (their ZIP code and name). The data directory (database, WAL, logs) still holds none of those
 canaries; on PostgreSQL a pg_dump adds nothing to an empty schema's baseline. The control: the same
 scanner finds the canaries in the texts written, kept outside the data directory."""
 
@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from medvault.auth.accounts import Actor
 from medvault.cli.main import app as cli_app
-from medvault.community import members, messages, moderation, posts, profiles
+from medvault.community import directory, members, messages, moderation, posts, profiles
 from medvault.db import unit_of_work
 from tests.conftest import CANARY_SCAN, SYNTHEA
 from tests.test_stolen_copy import _empty_dump, _found
@@ -116,6 +116,15 @@ def test_profiles_posts_messages_and_reports_leave_no_canaries(
                 body=bio,
                 audience="everyone",
                 confirm=True,
+                now=NOW,
+            )
+            directory.opt_in(
+                session=session,
+                crypto=vault_env.crypto,
+                member=member,
+                country="US",
+                postcode=facts["postcode"][:5],
+                name=facts["name"],
                 now=NOW,
             )
         joined.append((actor, member, post_id))
