@@ -1,8 +1,8 @@
 """The stolen-copy scan (tests/test_stolen_copy.py) with the community in use: Synthea patients are
 imported, then each joins the community and writes their own name, street, town, postcode, phone,
 birth date and diagnoses into their profile (every field, every audience), posts, replies, private
-messages, a report and the directory (their ZIP code and name). The data directory (database, WAL, logs) still holds none of those
-canaries; on PostgreSQL a pg_dump adds nothing to an empty schema's baseline. The control: the same
+messages, a report and the directory (their ZIP code and name). The data directory (database,
+WAL, logs) still holds none of those canaries; on PostgreSQL a pg_dump adds nothing to an empty schema's baseline. The control: the same
 scanner finds the canaries in the texts written, kept outside the data directory."""
 
 from __future__ import annotations
