@@ -2,8 +2,9 @@
 imported, then each joins the community and writes their own name, street, town, postcode, phone,
 birth date and diagnoses into their profile (every field, every audience), posts, replies, private
 messages, a report and the directory (their ZIP code and name). The data directory (database,
-WAL, logs) still holds none of those canaries; on PostgreSQL a pg_dump adds nothing to an empty schema's baseline. The control: the same
-scanner finds the canaries in the texts written, kept outside the data directory."""
+WAL, logs) still holds none of those canaries; on PostgreSQL a pg_dump adds nothing to an empty
+schema's baseline. The control: the same scanner finds the canaries in the texts written, kept
+outside the data directory."""
 
 from __future__ import annotations
 
