@@ -98,7 +98,7 @@ def prepare(data_dir: Path, files: list[Path], patients: int) -> list[dict[str, 
         engine.dispose()
 
 
-def server(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def server(data_dir: Path, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
         "-c",
@@ -110,6 +110,8 @@ def server(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         "127.0.0.1",
         "--port",
         str(port),
+        "--workers",
+        str(workers),
     ]
     with log.open("wb") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -133,9 +135,16 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float = 60.0) 
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of a process and its live children (uvicorn's workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_seconds() -> float:
@@ -199,6 +208,7 @@ def main() -> None:
         default=0.0,
         help="mean pause (exponential) between one responder's openings; 0: back to back (saturation)",
     )
+    ap.add_argument("--workers", type=int, default=1, help="server processes (medvault serve --workers)")
     ap.add_argument("--quiet-busy", type=float, default=0.5)
     ap.add_argument("--quiet-wait", type=float, default=60.0)
     ap.add_argument("--keep", action="store_true")
@@ -212,7 +222,7 @@ def main() -> None:
         targets = prepare(data_dir, files, args.patients)
         print(f"   prepared  {len(targets)} patients with an emergency link in {time.perf_counter() - t0:.1f} s")
         port = free_port()
-        proc = server(data_dir, port, tmp / "server.out")
+        proc = server(data_dir, port, tmp / "server.out", args.workers)
         try:
             wait_ready(proc, port)
 

@@ -29,7 +29,7 @@ from medvault.api import community_messages, openapi, shl_routes
 from medvault.api import smart as smart_api
 from medvault.api.capability import capability_statement
 from medvault.bodies import read_capped
-from medvault.config import Settings
+from medvault.config import Settings, load_settings
 from medvault.db import make_engine, make_sessionmaker
 from medvault.errors import MedvaultError
 from medvault.fhir import bundles as fb
@@ -137,6 +137,12 @@ def create_app(settings: Settings) -> FastAPI:
     community_messages.install(app, community_messages.MessagesDeps(factory=factory, crypto=crypto))
     app.openapi = functools.partial(openapi.build, app)  # type: ignore[method-assign]  # in-process only, see openapi.py
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app of one server process among several (`medvault serve --workers N`): settings from
+    the MEDVAULT_* environment the parent set."""
+    return create_app(load_settings())
 
 
 # /fhir (in any letter case) needs a live access token (a SMART app's, or an operator token from

@@ -204,28 +204,47 @@ def serve(
     key_dir: KeyDir = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Server processes (one per core uses every core; default 1).")
+    ] = 1,
 ) -> None:
-    """Serve the FHIR API (and, later, the pages)."""
+    """Serve the FHIR API, the pages and the SMART Health Links endpoints."""
     settings = settings_for(data_dir, database_url, key_dir)
-    _serve(settings, host, port)
+    _serve(settings, host, port, workers=workers)
 
 
-def _serve(settings: Settings, host: str, port: int) -> None:
+def _serve(settings: Settings, host: str, port: int, *, workers: int = 1) -> None:
+    import os
+
     import uvicorn
 
     from medvault.api.app import create_app
 
-    application = create_app(settings)
     # access_log off: uvicorn's access log prints query strings, which can hold names or birth dates.
+    # proxy_headers off: client addresses feed sign-in throttling and the access log: never take
+    # them from X-Forwarded-For unless a trusted proxy is configured (not yet an option).
+    options: dict[str, Any] = {"host": host, "port": port, "access_log": False, "log_level": "warning"}
+    if workers == 1:
+        uvicorn.run(create_app(settings), proxy_headers=False, **options)
+        return
+    # Several processes: each builds its app from the same settings, passed by environment (the
+    # only channel uvicorn's workers have). Migrations run here, once, before any worker starts.
+    engine = make_engine(settings)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    os.environ.update(
+        {
+            "MEDVAULT_DATA_DIR": str(settings.data_dir),
+            "MEDVAULT_KEY_DIR": str(settings.keys_path),
+            "MEDVAULT_ENVIRONMENT": settings.environment,
+        }
+    )
+    if settings.database_url:
+        os.environ["MEDVAULT_DATABASE_URL"] = settings.database_url
     uvicorn.run(
-        application,
-        host=host,
-        port=port,
-        access_log=False,
-        log_level="warning",
-        # Client addresses feed sign-in throttling and the access log: never take them from
-        # X-Forwarded-For unless a trusted proxy is configured (not yet an option).
-        proxy_headers=False,
+        "medvault.api.app:create_app_from_environment", factory=True, workers=workers, proxy_headers=False, **options
     )
 
 
