@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import queue
 import re
 import secrets
 import threading
 import uuid
-from collections import deque
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -787,6 +787,9 @@ _HOT_STATEMENTS: dict[str, Any] = {
         token_hash=bindparam("h"), link_id=bindparam("i"), expires=bindparam("e"), sealed=bindparam("s")
     ),
     "purge_locations": delete(ShlLocation).where(ShlLocation.expires <= bindparam("e")),
+    "peek_location": select(ShlLocation.link_id, ShlLocation.expires, ShlLocation.sealed).where(
+        ShlLocation.token_hash == bindparam("h")
+    ),
     "take_location": delete(ShlLocation)
     .where(ShlLocation.token_hash == bindparam("h"))
     .returning(ShlLocation.link_id, ShlLocation.expires, ShlLocation.sealed),
@@ -830,45 +833,107 @@ def _hot(session: Session, name: str, **params: Any) -> list[tuple[Any, ...]]:
         cursor.close()
 
 
-class _FairLock:
-    """A mutex that hands over to waiters in arrival order. `threading.Lock` wakes an arbitrary
-    waiter (often the thread that just released it), so under 20 concurrent responders a few
-    waited several rounds: the p95 was more than twice the median at the same throughput."""
+@dataclass(frozen=True)
+class _RaiseAfterCommit:
+    """A responder outcome whose writes must commit although the request fails (a counted wrong
+    passcode, a spent location deleted): the transaction commits, then `error` is raised."""
 
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._held = False
-        self._waiters: deque[threading.Lock] = deque()
-
-    def __enter__(self) -> None:
-        with self._guard:
-            if not self._held:
-                self._held = True
-                return
-            baton = threading.Lock()
-            baton.acquire()
-            self._waiters.append(baton)
-        baton.acquire()  # released by the holder's __exit__: ownership passes straight to us
-
-    def __exit__(self, *_exc: object) -> None:
-        with self._guard:
-            if self._waiters:
-                self._waiters.popleft().release()  # still held: now by the next in line
-            else:
-                self._held = False
+    error: Exception
 
 
-_SQLITE_WRITER = _FairLock()
+_T = TypeVar("_T")
+_BATCH_MAX = 64
 
 
-def _one_at_a_time(factory: sessionmaker[Session]) -> AbstractContextManager[Any]:
-    """On SQLite, responder transactions queue on a process lock rather than on SQLite's busy
-    handler, whose sleeps (up to 100 ms each) made the tail latency under concurrent responders;
-    PostgreSQL takes row locks and needs none."""
+class _Work(Generic[_T]):
+    def __init__(self, fn: Callable[[Session], _T]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: _T | None = None
+        self.error: BaseException | None = None
+
+
+class _GroupWriter:
+    """SQLite's responder writes, committed in groups by one thread.
+
+    SQLite has one writer, and every responder request writes (its access-log entry, a location).
+    Twenty responders each taking the write lock in turn spent most of the time handing it over
+    (and the GIL with it); here the requests queue, and one thread runs all that are waiting in
+    one transaction and commits once: each is on record before any of them is answered. A work
+    item may raise only before it writes (a link that is not available, a malformed request):
+    those are answered alone and the group goes on. Any other failure rolls the whole group back
+    and every item in it gets the error, so nothing is answered that is not on record."""
+
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self._factory = factory
+        self._queue: queue.SimpleQueue[_Work[Any]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="medvault-shl-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, work: _Work[Any]) -> None:
+        self._queue.put(work)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                group = [self._queue.get(timeout=_IDLE_SECONDS)]
+            except queue.Empty:
+                with _writers_lock:  # submissions happen under this lock: none can slip in now
+                    if self._queue.empty():
+                        if _writers.get(self._factory) is self:
+                            del _writers[self._factory]
+                        return  # idle: the thread ends, the next request makes a new writer
+                continue
+            while len(group) < _BATCH_MAX:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._run_group(group)
+
+    def _run_group(self, group: list[_Work[Any]]) -> None:
+        try:
+            with unit_of_work(self._factory) as session:
+                for work in group:
+                    try:
+                        work.result = work.fn(session)
+                    except (ShlError, LinkError) as exc:  # raised before any write: answered alone
+                        work.error = exc
+        except BaseException as exc:  # noqa: BLE001 - the group is rolled back: every item fails
+            for work in group:
+                work.error = exc
+        finally:
+            for work in group:
+                work.done.set()
+
+
+_writers: dict[sessionmaker[Session], _GroupWriter] = {}
+_writers_lock = threading.Lock()
+_IDLE_SECONDS = 30.0
+
+
+def _write(factory: sessionmaker[Session], fn: Callable[[Session], _T | _RaiseAfterCommit]) -> _T:
+    """Run `fn` in a write transaction and commit it: grouped with other responders' on SQLite,
+    its own transaction on PostgreSQL (row locks; concurrent writers scale there)."""
     bind = factory.kw.get("bind")
+    result: _T | _RaiseAfterCommit
     if bind is not None and bind.dialect.name == "sqlite":
-        return _SQLITE_WRITER
-    return nullcontext()
+        work: _Work[_T | _RaiseAfterCommit] = _Work(fn)
+        with _writers_lock:
+            writer = _writers.get(factory)
+            if writer is None:
+                writer = _writers[factory] = _GroupWriter(factory)
+            writer.submit(work)
+        work.done.wait()
+        if work.error is not None:
+            raise work.error
+        result = cast("_T | _RaiseAfterCommit", work.result)
+    else:
+        with unit_of_work(factory) as session:
+            result = fn(session)
+    if isinstance(result, _RaiseAfterCommit):
+        raise result.error
+    return result
 
 
 def _live(row: _Served | None, now: datetime) -> _Served:
@@ -918,31 +983,39 @@ def open_manifest(
     verified: bool | None = None
     stored_hash: str | None = None
     for _ in range(2):
-        with _one_at_a_time(factory), unit_of_work(factory) as session:
+
+        def attempt(session: Session, verified: bool | None = verified, stored_hash: str | None = stored_hash) -> Any:
             row = _live(_find(session, link_id), now)
             if "U" in row.flags:
                 raise ShlUnavailable("this link is not available")  # a U link has no manifest
             if row.passcode_hash is not None and (verified is None or row.passcode_hash != stored_hash):
                 # Argon2 (~0.1-0.2 s) runs outside the transaction: holding the database (SQLite's
                 # one writer) for it would stall every other responder.
-                stored_hash = row.passcode_hash
-                session.rollback()
-            else:
-                return _serve_manifest(
-                    session,
-                    crypto,
-                    row,
-                    verified=verified,
-                    who=who,
-                    embedded_length_max=embedded_length_max,
-                    base_url=base_url,
-                    address=address,
-                    now=now,
-                )
-        assert stored_hash is not None
+                return _NeedsPasscode(row.passcode_hash)
+            return _serve_manifest(
+                session,
+                crypto,
+                row,
+                verified=verified,
+                who=who,
+                embedded_length_max=embedded_length_max,
+                base_url=base_url,
+                address=address,
+                now=now,
+            )
+
+        outcome: Any = _write(factory, attempt)
+        if not isinstance(outcome, _NeedsPasscode):
+            return cast(dict[str, Any], outcome)
+        stored_hash = outcome.stored
         # The hasher bounds its concurrent Argon2 calls (64 MiB each): the rest queue.
         verified = isinstance(passcode, str) and hasher.verify(stored=stored_hash, password=passcode).ok
     raise ShlUnavailable("this link is not available")  # its passcode changed twice while we checked
+
+
+@dataclass(frozen=True)
+class _NeedsPasscode:
+    stored: str
 
 
 def _serve_manifest(
@@ -956,7 +1029,7 @@ def _serve_manifest(
     base_url: str,
     address: str | None,
     now: datetime,
-) -> dict[str, Any]:
+) -> dict[str, Any] | _RaiseAfterCommit:
     patient_id = str(_open_sealed(session, crypto, row)["patient"])
     if row.passcode_hash is not None and not verified:
         # One statement counts the failure only while the budget lasts: K concurrent wrong
@@ -980,10 +1053,9 @@ def _serve_manifest(
             now=now,
             address=address,
         )
-        session.commit()
         if counted is None:
-            raise ShlUnavailable("this link is not available")
-        raise ShlPasscodeError("wrong passcode", remaining_attempts=row.budget - counted)
+            return _RaiseAfterCommit(ShlUnavailable("this link is not available"))
+        return _RaiseAfterCommit(ShlPasscodeError("wrong passcode", remaining_attempts=row.budget - counted))
     entry: dict[str, Any] = {"contentType": row.content_type, "lastUpdated": _iso(row.file_updated)}
     assert row.file_jwe is not None
     if isinstance(embedded_length_max, int) and len(row.file_jwe) <= embedded_length_max:
@@ -1012,7 +1084,6 @@ def _serve_manifest(
         now=now,
         address=address,
     )
-    session.commit()
     return {"files": [entry]}
 
 
@@ -1028,30 +1099,31 @@ def open_file(
     """The file behind a manifest's `location` (single use, at most an hour). The recipient is the
     one the manifest was opened for (kept sealed with the location), unless given."""
     now = _utc(now)
-    with _one_at_a_time(factory):
-        session = factory()
-        try:
-            if not _TOKEN.fullmatch(location_token):
-                raise ShlUnavailable("this link is not available")
-            token_hash = _hash(location_token)
-            taken = _hot(session, "take_location", h=token_hash)
-            if not taken or int(taken[0][1]) <= _to_micros(now):
-                session.commit()  # an expired one is deleted all the same
-                raise ShlUnavailable("this link is not available")
-            link_id, _expires, loc_sealed = taken[0]
-            by_id = _hot(session, "by_id", i=int(link_id))
-            row = _live(_served(by_id[0]) if by_id else None, now)
-            key = _patient_key(session, crypto, row.owner)
-            who = (
-                recipient
-                or crypto.sealer.open(key, bytes(loc_sealed), _LOCATION_AAD + token_hash.hex().encode()).decode()
-            )
-            return _serve(session, crypto, row, who=who, interaction="shl-file", now=now, address=address)
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+    if not _TOKEN.fullmatch(location_token):
+        raise ShlUnavailable("this link is not available")
+    token_hash = _hash(location_token)
+    aad = _LOCATION_AAD + token_hash.hex().encode()
+
+    def attempt(session: Session) -> ServedFile | _RaiseAfterCommit:
+        # Reads first (a link that is not available raises before anything is written), then take
+        # the location: the DELETE ... RETURNING decides who used it, so it is used once.
+        found = _hot(session, "peek_location", h=token_hash)
+        if not found:
+            raise ShlUnavailable("this link is not available")
+        link_id, expires, _sealed = found[0]
+        if int(expires) <= _to_micros(now):
+            _hot(session, "take_location", h=token_hash)  # an expired one is deleted all the same
+            return _RaiseAfterCommit(ShlUnavailable("this link is not available"))
+        by_id = _hot(session, "by_id", i=int(link_id))
+        row = _live(_served(by_id[0]) if by_id else None, now)
+        taken = _hot(session, "take_location", h=token_hash)
+        if not taken:  # another request took it first
+            return _RaiseAfterCommit(ShlUnavailable("this link is not available"))
+        key = _patient_key(session, crypto, row.owner)
+        who = recipient or crypto.sealer.open(key, bytes(taken[0][2]), aad).decode()
+        return _serve(session, crypto, row, who=who, interaction="shl-file", now=now, address=address)
+
+    return _write(factory, attempt)
 
 
 def open_direct(
@@ -1066,18 +1138,14 @@ def open_direct(
     """A `U` link's single file, fetched with `GET url?recipient=`."""
     now = _utc(now)
     who = _check_recipient(recipient)
-    with _one_at_a_time(factory):
-        session = factory()
-        try:
-            row = _live(_find(session, link_id), now)
-            if "U" not in row.flags:
-                raise ShlUnavailable("this link is not available")
-            return _serve(session, crypto, row, who=who, interaction="shl-direct", now=now, address=address)
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+
+    def attempt(session: Session) -> ServedFile:
+        row = _live(_find(session, link_id), now)
+        if "U" not in row.flags:
+            raise ShlUnavailable("this link is not available")
+        return _serve(session, crypto, row, who=who, interaction="shl-direct", now=now, address=address)
+
+    return _write(factory, attempt)
 
 
 def _serve(
@@ -1106,9 +1174,7 @@ def _serve(
         address=address,
     )
     assert row.file_jwe is not None
-    served = ServedFile(row.content_type, row.file_jwe)
-    session.commit()
-    return served
+    return ServedFile(row.content_type, row.file_jwe)
 
 
 def _iso(value: datetime) -> str:
