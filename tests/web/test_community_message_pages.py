@@ -95,8 +95,8 @@ def community(vault_env: Any) -> Any:
     for client in (ann, bob):
         assert client.get("/community/messages").status_code == 200  # joins on first visit
     with unit_of_work(env.factory) as session:
-        ann_member = members.by_account(session=session, account_id=ann_id)
-        bob_member = members.by_account(session=session, account_id=bob_id)
+        ann_member = members.by_account(session=session, crypto=env.crypto, account_id=ann_id)
+        bob_member = members.by_account(session=session, crypto=env.crypto, account_id=bob_id)
     assert ann_member is not None
     assert bob_member is not None
     return {
