@@ -153,9 +153,13 @@ def test_members_talk_and_contact_details_need_a_second_step(community: Any) -> 
     assert (
         _post(bob, "/community/messages/block", csrf=bob_csrf, member=c["ann_handle"], block="yes").status_code == 303
     )
+    # L3: to ann, bob's conversation is now exactly an unknown one: same status, same page
     refused = _post(ann, f"/community/messages/{conv}", csrf=csrf, text="hello?")
-    assert refused.status_code == 403
-    assert "does not take messages from you" in refused.text
+    unknown = _post(ann, f"/community/messages/{'f' * 24}", csrf=csrf, text="hello?")
+    assert refused.status_code == unknown.status_code == 404
+    assert refused.text == unknown.text
+    assert "does not take messages" not in refused.text
+    assert ann.get(f"/community/messages/{conv}").text == ann.get(f"/community/messages/{'f' * 24}").text
     assert c["bob_handle"] not in ann.get("/community/messages").text  # the blocker is out of ann's list
     # Forms without the CSRF token or from another origin are refused.
     assert _post(ann, f"/community/messages/{conv}", text="no token").status_code == 403
