@@ -23,7 +23,7 @@ NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 def new_member(env: Any, role: str = "patient", *, now: datetime = NOW) -> tuple[Actor, Member]:
     actor = Actor(account_id=secrets.token_hex(16), role=role, mfa_enrolled=role == "moderator")  # type: ignore[arg-type]
     with unit_of_work(env.factory) as session:
-        member = members.join(session=session, actor=actor, now=now)
+        member = members.join(session=session, crypto=env.crypto, actor=actor, now=now)
     return actor, member
 
 

@@ -51,7 +51,10 @@ A_ZIP, B_ZIP = _pair_in_one_fine_cell()
 def _join(env: Any, i: int) -> members.Member:
     with unit_of_work(env.factory) as session:
         return members.join(
-            session=session, actor=Actor(account_id=f"{i:032x}", role="patient", patient_id=f"p{i}"), now=NOW
+            session=session,
+            crypto=env.crypto,
+            actor=Actor(account_id=f"{i:032x}", role="patient", patient_id=f"p{i}"),
+            now=NOW,
         )
 
 

@@ -8,6 +8,7 @@ import itertools
 import json
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -326,3 +327,57 @@ def test_the_check_loads_its_lists_and_runs_without_any_network_call() -> None:
             socket.create_connection(("127.0.0.1", 9))
     assert {f.kind for f in findings} == {"combination", "phone"}
     assert len(attempts) == 1  # only our own probe, which shows the guard works
+
+
+# ------------------------------------------------------------------------ adversarial input (M6)
+
+N = 20_000
+ADVERSARIAL = {
+    "dot dot": " dot" * (N // 4),
+    "word dot": "a" + " dot a" * (N // 6),
+    "at then dots": "a at " + "a dot " * (N // 6),
+    "bracket dots": "a [dot] " * (N // 8),
+    "paren dots": "a (dot) " * (N // 8),
+    "at at": "a at " * (N // 5),
+    "at dot": "a dot a at " * (N // 11),
+    "bracket at": "a (at) b " * (N // 9),
+    "email many dots": "a@" + "a." * (N // 2 - 1) + "1",
+    "digits+spaces": "1 " * (N // 2),
+    "Capitalised words": "Ann " * (N // 4),
+    "street words": "12 Elm Elm Elm " * (N // 15),
+}
+
+
+def _cpu_seconds(fn: object, text: str) -> float:
+    """CPU time of one call (process time, so other engineers' load on the shared cores does not count)."""
+    assert callable(fn)
+    t0 = time.process_time()
+    fn(text)
+    return time.process_time() - t0
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_adversarial_20k_inputs_finish_in_linear_time(name: str) -> None:
+    text = ADVERSARIAL[name]
+    assert len(text) >= N - 20
+    # The obfuscated-address search used to be quadratic: " dot" * 5000 cost ~4 s, "a dot a" ~2 s.
+    # Now ~0.03 s; the bounds are generous (x15) but far below the old cost.
+    assert _cpu_seconds(lambda t: list(disclosure._emails(t)), text) < 0.5
+    assert _cpu_seconds(check, text) < 2.0
+
+
+def test_the_obfuscated_pattern_only_runs_near_an_at() -> None:
+    assert disclosure._at_windows(" dot" * 5000) == []
+    text = "x " * 3000 + "ann dot lee at gmail dot com" + " y" * 3000
+    [(start, end)] = disclosure._at_windows(text)
+    assert end - start <= 2 * disclosure._OBFUSCATED_REACH + 10
+    assert spans(text, "email") == ["ann dot lee at gmail dot com"]
+
+
+@pytest.mark.parametrize("segments", [1, 3, 5])
+def test_long_obfuscated_addresses_are_still_found_whole_inside_their_window(segments: int) -> None:
+    label = "q" * 60
+    user = " dot ".join([label] * segments)
+    address = f"{user} [at] {label} dot {label} dot co dot uk"
+    text = "filler " * 2000 + address + " filler" * 2000
+    assert spans(text, "email") == [address]

@@ -76,14 +76,16 @@ def test_joining_is_idempotent_and_only_for_patients_and_moderators(vault_env) -
 
     patient = Actor(account_id="a" * 32, role="patient", patient_id="p1")
     with unit_of_work(vault_env.factory) as session:
-        first = members.join(session=session, actor=patient, now=NOW)
+        first = members.join(session=session, crypto=vault_env.crypto, actor=patient, now=NOW)
     with unit_of_work(vault_env.factory) as session:
-        again = members.join(session=session, actor=patient, now=NOW)
+        again = members.join(session=session, crypto=vault_env.crypto, actor=patient, now=NOW)
         assert members.by_id(session=session, member_id=first.id) == first
         with pytest.raises(NotFound):
             members.by_id(session=session, member_id="../etc")
         with pytest.raises(Forbidden):
-            members.join(session=session, actor=Actor(account_id="b" * 32, role="clinician"), now=NOW)
+            members.join(
+                session=session, crypto=vault_env.crypto, actor=Actor(account_id="b" * 32, role="clinician"), now=NOW
+            )
     assert again == first
     assert first.id != patient.account_id
     assert len(first.key_owner) == 16

@@ -13,7 +13,6 @@ from sqlalchemy import select
 
 from medvault.community import messages, moderation
 from medvault.community.errors import CommunityError, Forbidden, NotFound, RateLimited
-from medvault.crypto.errors import DecryptionFailed
 from medvault.db import unit_of_work
 from medvault.store.models import (
     CommunityBlock,
@@ -90,8 +89,9 @@ def test_a_message_body_moved_to_another_row_fails_to_open(vault_env: Any) -> No
         assert a is not None
         assert b is not None
         a.body, b.body = b.body, a.body
-    with pytest.raises(DecryptionFailed):
-        _thread(env, bob, conv)
+    # L1: neither opens (the AAD binds each to its row); the thread shows them as unreadable, no 500
+    shown = _thread(env, bob, conv).messages
+    assert [(m.text, m.unreadable) for m in shown] == [("(unreadable)", True), ("(unreadable)", True)]
 
 
 def test_nobody_but_the_two_reads_or_writes_a_conversation(vault_env: Any) -> None:
@@ -154,8 +154,11 @@ def test_block_hides_both_ways_and_stops_the_blocked_member_writing(vault_env: A
     with unit_of_work(env.factory) as session:
         messages.block(session=session, crypto=env.crypto, member=bob, peer_id=ann.id, now=NOW)
         messages.block(session=session, crypto=env.crypto, member=bob, peer_id=ann.id, now=NOW)  # idempotent
-    with pytest.raises(Forbidden, match="does not take messages"):
+    # L3: to the blocked member the blocker's conversation is as absent as an unknown one
+    with pytest.raises(NotFound, match="no such conversation"):
         _send(env, ann, conv, "why did you block me")
+    with pytest.raises(NotFound, match="no such conversation"):
+        _thread(env, ann, conv)
     with pytest.raises(NotFound):
         _start(env, ann, bob)  # the blocker is nobody to the blocked member
     assert _list(env, ann) == []  # bob is not in ann's list

@@ -82,7 +82,7 @@ def test_profiles_posts_messages_and_reports_leave_no_canaries(
     for facts in people:
         actor = Actor(account_id=facts["id"].replace("-", "")[:32], role="patient", patient_id=facts["id"])
         with unit_of_work(vault_env.factory) as session:
-            member = members.join(session=session, actor=actor, now=NOW)
+            member = members.join(session=session, crypto=vault_env.crypto, actor=actor, now=NOW)
             bio = (
                 f"I am {facts['name']}, born {facts['birth']}, I live at {facts['street']}, {facts['town']}. "
                 f"Call me on {facts['phone']}. SSN {facts['ssn']}. Also: {facts['more']}"
@@ -166,9 +166,9 @@ def test_profiles_posts_messages_and_reports_leave_no_canaries(
         )
     written.append(text)
     with unit_of_work(vault_env.factory) as session:
-        assert [r.kind for r in moderation.queue(session=session, crypto=vault_env.crypto, actor=_moderator())] == [
-            "message"
-        ]
+        assert [
+            r.kind for r in moderation.queue(session=session, crypto=vault_env.crypto, actor=_moderator(), now=NOW)
+        ] == ["message"]
     # Control: the scanner finds the canaries in the texts the members wrote.
     plain = tmp_path / "plain"
     plain.mkdir()

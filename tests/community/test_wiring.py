@@ -40,7 +40,7 @@ def test_a_reported_post_is_hidden_by_a_moderator_and_its_author_suspended(vault
             session=session, crypto=env.crypto, reporter=bob, kind="post", content_id=post_id, reason="spam", now=NOW
         )
     with unit_of_work(env.factory) as session:
-        queued = moderation.queue(session=session, crypto=env.crypto, actor=mod_actor)
+        queued = moderation.queue(session=session, crypto=env.crypto, actor=mod_actor, now=NOW)
         assert [q.id for q in queued] == [report_id]
         assert "Offending words" in queued[0].snapshot["text"]
         moderation.act(session=session, crypto=env.crypto, actor=mod_actor, report_id=report_id, action="hide", now=NOW)

@@ -90,7 +90,7 @@ def _person(env: Any, role: str, n: int, *, join: bool) -> Person:
         )
         actor = accounts.actor_for(session=session, crypto=env.crypto, account_id=account_id)
         token = sessions.start(session=session, actor=actor, stage="full", now=now)
-        member_id = members.join(session=session, actor=actor, now=now).id if join else None
+        member_id = members.join(session=session, crypto=env.crypto, actor=actor, now=now).id if join else None
     return Person(role, account_id, token, member_id, sessions.csrf_token(env.crypto, token))
 
 

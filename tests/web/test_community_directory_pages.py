@@ -70,7 +70,9 @@ def neighbours(vault_env: Any) -> None:
     now = datetime.now(UTC)
     for i, z in enumerate(CITY[::6][:11]):
         with unit_of_work(vault_env.factory) as session:
-            m = members.join(session=session, actor=Actor(account_id=f"{i:032x}", role="patient"), now=now)
+            m = members.join(
+                session=session, crypto=vault_env.crypto, actor=Actor(account_id=f"{i:032x}", role="patient"), now=now
+            )
             directory.opt_in(
                 session=session,
                 crypto=vault_env.crypto,

@@ -95,8 +95,8 @@ def community(vault_env: Any) -> Any:
     for client in (ann, bob):
         assert client.get("/community/messages").status_code == 200  # joins on first visit
     with unit_of_work(env.factory) as session:
-        ann_member = members.by_account(session=session, account_id=ann_id)
-        bob_member = members.by_account(session=session, account_id=bob_id)
+        ann_member = members.by_account(session=session, crypto=env.crypto, account_id=ann_id)
+        bob_member = members.by_account(session=session, crypto=env.crypto, account_id=bob_id)
     assert ann_member is not None
     assert bob_member is not None
     return {
@@ -153,9 +153,13 @@ def test_members_talk_and_contact_details_need_a_second_step(community: Any) -> 
     assert (
         _post(bob, "/community/messages/block", csrf=bob_csrf, member=c["ann_handle"], block="yes").status_code == 303
     )
+    # L3: to ann, bob's conversation is now exactly an unknown one: same status, same page
     refused = _post(ann, f"/community/messages/{conv}", csrf=csrf, text="hello?")
-    assert refused.status_code == 403
-    assert "does not take messages from you" in refused.text
+    unknown = _post(ann, f"/community/messages/{'f' * 24}", csrf=csrf, text="hello?")
+    assert refused.status_code == unknown.status_code == 404
+    assert refused.text == unknown.text
+    assert "does not take messages" not in refused.text
+    assert ann.get(f"/community/messages/{conv}").text == ann.get(f"/community/messages/{'f' * 24}").text
     assert c["bob_handle"] not in ann.get("/community/messages").text  # the blocker is out of ann's list
     # Forms without the CSRF token or from another origin are refused.
     assert _post(ann, f"/community/messages/{conv}", text="no token").status_code == 403

@@ -132,6 +132,6 @@ def test_a_reported_message_reaches_the_moderator_queue_alone(vault_env: Any, se
 
 def _handle(env: Any, account_id: str) -> str:
     with unit_of_work(env.factory) as session:
-        member = members.by_account(session=session, account_id=account_id)
+        member = members.by_account(session=session, crypto=env.crypto, account_id=account_id)
     assert member is not None, "the account joined when it first opened its messages"
     return member.id

@@ -105,7 +105,7 @@ BEARER_KEY = "medvault.bearer"  # where the guard leaves the resolved token for 
 def create_app(settings: Settings) -> FastAPI:
     logs.setup(settings.log_path)
     engine = make_engine(settings)
-    migrate.upgrade(engine)
+    migrate.upgrade(engine, keys_path=settings.keys_path)
     factory = make_sessionmaker(engine)
     with factory() as session:
         crypto = build_crypto(settings, session)

@@ -153,7 +153,7 @@ def install(app: FastAPI, deps: CommunityApiDeps) -> None:
             return Caller(None, None, "visitor")
         live, _token = found
         with unit_of_work(deps.factory) as session:
-            me = members.by_account(session=session, account_id=live.actor.account_id)
+            me = members.by_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id)
         return Caller(live.actor, me, "cookie")
 
     def member(request: Request) -> tuple[Caller, members.Member]:
@@ -404,7 +404,7 @@ def install(app: FastAPI, deps: CommunityApiDeps) -> None:
                 raise ApiRefused(401, "login", "sign in first")
             check_origin(request)
             with unit_of_work(deps.factory) as session:
-                me = members.join(session=session, actor=who.actor, now=now())
+                me = members.join(session=session, crypto=deps.crypto, actor=who.actor, now=now())
             return _json({"member": me.id})
 
         return await threaded(work)

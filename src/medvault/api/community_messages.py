@@ -91,8 +91,8 @@ def install(app: FastAPI, deps: MessagesDeps) -> None:
             # The operator (admin) and other roles are not members: to them no conversation exists.
             raise _Refused(404, "not-found", "no such conversation")
         with unit_of_work(deps.factory) as session:
-            found = members.by_account(session=session, account_id=live.actor.account_id)
-            return found or members.join(session=session, actor=live.actor, now=now())
+            found = members.by_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id)
+            return found or members.join(session=session, crypto=deps.crypto, actor=live.actor, now=now())
 
     async def body_of(request: Request) -> dict[str, Any]:
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":

@@ -101,7 +101,7 @@ def _open(settings: Settings) -> tuple[Any, Any, Any]:
     from medvault.store.crypto_context import build_crypto
 
     engine = make_engine(settings)
-    migrate.upgrade(engine)
+    migrate.upgrade(engine, keys_path=settings.keys_path)
     factory = make_sessionmaker(engine)
     with factory() as session:
         crypto = build_crypto(settings, session)
@@ -461,7 +461,7 @@ def audit_checkpoint(
     private = load_private(settings.keys_path)
     engine = make_engine(settings)
     try:
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, keys_path=settings.keys_path)
         with make_sessionmaker(engine, write=False)() as session:
             text = audit_log.make_checkpoint(session=session, private_key=private, origin="medvault")
     finally:

@@ -124,7 +124,7 @@ def delete_account(
 ) -> None:
     """Remove the member's content (every part), destroy their data key, remove the membership, and
     audit it."""
-    if member.account_id != actor.account_id:
+    if member.account_token != members.account_token(crypto, actor.account_id):
         raise Forbidden("a member deletes only their own community account")
     for part in _PARTS.values():
         part.delete(session=session, crypto=crypto, member=member, now=now)

@@ -184,7 +184,7 @@ def _refresh_due(*, session: Session, crypto: CryptoContext, policy: DirectoryPo
 
 
 def _subject(crypto: CryptoContext, member: Member) -> bytes:
-    return limits.subject_token(crypto, kind="account", value=member.account_id)
+    return limits.subject_token(crypto, kind="account", value=member.account())
 
 
 def opt_in(
@@ -246,7 +246,7 @@ def opt_in(
     auditing.record(
         session=session,
         crypto=crypto,
-        account_id=member.account_id,
+        account_id=member.account(),
         code="community-directory-opt-in",
         now=now,
         entity=(_MEMBER_SYSTEM, member.id),
@@ -275,7 +275,7 @@ def opt_out(
         auditing.record(
             session=session,
             crypto=crypto,
-            account_id=member.account_id,
+            account_id=member.account(),
             code="community-directory-opt-out",
             now=now,
             deletes=True,

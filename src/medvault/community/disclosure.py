@@ -139,13 +139,21 @@ _EMAIL = re.compile(
     r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,24}\b"
 )
 # "ann dot lee at gmail dot com", "annl [at] yahoo [dot] com", "ann.lee(at)gmail.com"
-_AT = r"(?:\s*[\[({<]\s*at\s*[\])}>]\s*|\s+at\s+)"
-_DOT = r"(?:\s*[\[({<]\s*dot\s*[\])}>]\s*|\s+dot\s+|\.)"
+# Every repetition is bounded (RFC 5321: local part <= 64, label <= 63; a handful of labels): an
+# unbounded `(?:dot word)*` made every start position in " dot" * 5000 scan to the end of the text,
+# i.e. quadratic time (~4 s of CPU for 20k characters on every preview).
+_AT = r"(?:\s{0,3}[\[({<]\s{0,3}at\s{0,3}[\])}>]\s{0,3}|\s{1,3}at\s{1,3})"
+_DOT = r"(?:\s{0,3}[\[({<]\s{0,3}dot\s{0,3}[\])}>]\s{0,3}|\s{1,3}dot\s{1,3}|\.)"
 _OBFUSCATED = re.compile(
-    rf"(?<![\w.])(?P<user>[A-Za-z0-9][A-Za-z0-9_%+-]*(?:{_DOT}[A-Za-z0-9_%+-]+)*){_AT}"
-    rf"(?P<domain>[A-Za-z0-9-]+(?:{_DOT}[A-Za-z0-9-]+)+)(?![\w])",
+    rf"(?<![\w.])(?P<user>[A-Za-z0-9][A-Za-z0-9_%+-]{{0,63}}(?:{_DOT}[A-Za-z0-9_%+-]{{1,63}}){{0,4}}){_AT}"
+    rf"(?P<domain>[A-Za-z0-9-]{{1,63}}(?:{_DOT}[A-Za-z0-9-]{{1,63}}){{1,4}})(?![\w])",
     re.IGNORECASE,
 )
+# Upper bound on how far an obfuscated address reaches from its "at": 5 segments of <= 64 characters
+# plus 4 separators of <= 17 characters on either side (the "at" itself is covered by the token).
+_OBFUSCATED_REACH = 5 * 64 + 4 * 17 + 3
+# Where an obfuscated address could be: the regex is only run on windows around these tokens.
+_AT_TOKEN = re.compile(r"[\[({<]\s{0,3}at\s{0,3}[\])}>]|(?<!\S)at(?!\S)", re.IGNORECASE)
 _OBFUSCATION_HINT = re.compile(r"\bdot\b|[\[({<]\s*at\s*[\])}>]", re.IGNORECASE)
 _TLDS = frozenset(
     [
@@ -203,18 +211,37 @@ _TLDS = frozenset(
 
 def _emails(text: str) -> Iterator[tuple[int, int]]:
     yield from (plain.span() for plain in _EMAIL.finditer(text))
-    pos = 0 if _OBFUSCATION_HINT.search(text) else len(text)
-    while (m := _OBFUSCATED.search(text, pos)) is not None:
-        # a rejected match ("me at ann.lee(at)...") must not hide one starting inside it
-        pos = m.start() + 1
-        whole = m.group()
-        tld = re.split(_DOT, m.group("domain"), flags=re.IGNORECASE)[-1].lower()
-        bracketed = bool(re.search(r"[\[({<]\s*at\s*[\])}>]", whole, re.IGNORECASE))
-        spelled_dot = bool(re.search(r"\bdot\b", whole, re.IGNORECASE))
-        # " at " is an everyday word: only a spelled-out "dot" or a bracketed "(at)" makes it an address
-        if tld in _TLDS and (bracketed or spelled_dot):
-            yield m.span()
-            pos = m.end()
+    if _OBFUSCATION_HINT.search(text) is None:
+        return
+    for window_start, window_end in _at_windows(text):
+        pos = window_start
+        while (m := _OBFUSCATED.search(text, pos, window_end)) is not None:
+            # a rejected match ("me at ann.lee(at)...") must not hide one starting inside it
+            pos = m.start() + 1
+            whole = m.group()
+            tld = re.split(_DOT, m.group("domain"), flags=re.IGNORECASE)[-1].lower()
+            bracketed = bool(re.search(r"[\[({<]\s*at\s*[\])}>]", whole, re.IGNORECASE))
+            spelled_dot = bool(re.search(r"\bdot\b", whole, re.IGNORECASE))
+            # " at " is an everyday word: only a spelled-out "dot" or a bracketed "(at)" makes it an address
+            if tld in _TLDS and (bracketed or spelled_dot):
+                yield m.span()
+                pos = m.end()
+
+
+def _at_windows(text: str) -> list[tuple[int, int]]:
+    """Disjoint, merged slices of `text` that can hold an obfuscated address: each "at" token plus
+    the furthest the bounded pattern reaches on either side. Any match lies inside one window (its
+    "at" is in it and both halves are shorter than the reach), and a match can never end at a window
+    edge, so the closing lookahead is never satisfied by the cut. Total work is linear in the text."""
+    windows: list[tuple[int, int]] = []
+    for token in _AT_TOKEN.finditer(text):
+        start = max(0, token.start() - _OBFUSCATED_REACH - 1)
+        end = min(len(text), token.end() + _OBFUSCATED_REACH + 1)
+        if windows and start <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], max(windows[-1][1], end))
+        else:
+            windows.append((start, end))
+    return windows
 
 
 # -------------------------------------------------------------------------------------------- phone

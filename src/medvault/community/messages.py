@@ -14,7 +14,12 @@
 * Contact details to someone met recently (young conversation, or few messages) need a second,
   confirmed send: `ContactDetailsWarning` carries what `disclosure.check` found.
 * Block: the blocked member cannot message the blocker and each is left out of the other's lists
-  (`blocked_pairs`, `is_blocked`). Mute: no unread count, nothing else changes.
+  (`blocked_pairs`, `is_blocked`). To the blocked member the blocker is simply not there: starting a
+  conversation, opening or writing in an existing one all answer NotFound, exactly as for a member
+  or conversation that does not exist (no "does not take messages from you", no can-send tell).
+  Mute: no unread count, nothing else changes.
+* A message or handle whose ciphertext does not open (tampered, swapped between rows) reads as
+  "(unreadable)" and is logged by the error's class name only; it never breaks the page.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from medvault import logs
 from medvault.audit import log as audit_log
 from medvault.community import disclosure, limits, members, moderation
 from medvault.community.errors import CommunityError, Forbidden, NotFound
 from medvault.community.members import Member
 from medvault.community.moderation import member_token
+from medvault.crypto.errors import CryptoError
 from medvault.store.crypto_context import CryptoContext
 from medvault.store.models import (
     CommunityBlock,
@@ -83,6 +90,8 @@ _MESSAGE_AAD = b"medvault:community-message:v1|"
 _SIDE_AAD = b"medvault:community-side:v1|"
 _BLOCK_AAD = b"medvault:community-block:v1|"
 _ID_LEN = 24
+UNREADABLE = "(unreadable)"
+_log = logs.get("community.messages")
 
 
 class ContactDetailsWarning(CommunityError):
@@ -110,6 +119,7 @@ class Message:
     mine: bool
     text: str | None  # None: hidden by a moderator
     sent: datetime
+    unreadable: bool = False  # the ciphertext does not open: `text` is UNREADABLE
 
     @property
     def hidden(self) -> bool:
@@ -157,15 +167,38 @@ def _side_aad(conversation_id: str, token: bytes) -> bytes:
     return _SIDE_AAD + conversation_id.encode() + b"|" + token.hex().encode()
 
 
+class _Unreadable(Exception):
+    """A sealed value does not open (tampered or swapped); already logged."""
+
+
 def _open_body(session: Session, crypto: CryptoContext, conv: CommunityConversation, row: CommunityMessage) -> Any:
-    return orjson.loads(crypto.sealer.open(_key(session, crypto, conv), row.body, _message_aad(conv.id, row.id)))
+    """The message's sealed body; `_Unreadable` when it does not open (logged by class name)."""
+    try:
+        return orjson.loads(crypto.sealer.open(_key(session, crypto, conv), row.body, _message_aad(conv.id, row.id)))
+    except (CryptoError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
+        _log.warning("community message %s does not open: %s", row.id, type(exc).__name__)
+        raise _Unreadable from None
+
+
+def _text_of(session: Session, crypto: CryptoContext, conv: CommunityConversation, row: CommunityMessage) -> str:
+    try:
+        return str(_open_body(session, crypto, conv, row)["text"])
+    except _Unreadable:
+        return UNREADABLE
 
 
 def _peer_of(
     session: Session, crypto: CryptoContext, conv: CommunityConversation, side: CommunityConversationSide
 ) -> str:
-    sealed = crypto.sealer.open(_key(session, crypto, conv), side.peer_sealed, _side_aad(conv.id, side.member_token))
-    return str(orjson.loads(sealed))
+    """The other member's handle ("" once they left, or when the sealed handle does not open)."""
+    try:
+        sealed = crypto.sealer.open(
+            _key(session, crypto, conv), side.peer_sealed, _side_aad(conv.id, side.member_token)
+        )
+        return str(orjson.loads(sealed))
+    except (CryptoError, ValueError) as exc:
+        _log.warning("community conversation side %s does not open: %s", conv.id, type(exc).__name__)
+        return ""
 
 
 def _valid_id(value: str) -> bool:
@@ -362,17 +395,17 @@ def send(
     if len(text) > MAX_TEXT:
         raise CommunityError(f"a message holds at most {MAX_TEXT} characters", location="text")
     peer = _peer_of(session, crypto, conv, side)
+    if peer and _blocked_by(session, crypto, peer, member.id):
+        raise NotFound("no such conversation")  # the blocker is not there for them, as in `start`
     if not peer or _other_side(session, conv, side.member_token) is None:
         raise Forbidden("this member has left the community")
     if _blocked_by(session, crypto, member.id, peer):
         raise Forbidden("you blocked this member; unblock them to send a message")
-    if _blocked_by(session, crypto, peer, member.id):
-        raise Forbidden("this member does not take messages from you")
     if _recent(conv, now) and not confirm_contact:
         found = [f for f in disclosure.check(text) if f.kind in CONTACT_KINDS]
         if found:
             raise ContactDetailsWarning(found)
-    subject = limits.subject_token(crypto, kind="account", value=member.account_id)
+    subject = limits.subject_token(crypto, kind="account", value=member.account())
     for limit in SEND_LIMITS:
         limits.take(session=session, limit=limit, subject=subject, now=now)
     # One statement takes the next number and locks the conversation row until commit.
@@ -418,6 +451,10 @@ def thread(
     """The conversation as `member` sees it (oldest first, without what they deleted for
     themselves); marks it read."""
     conv, side = _participant(session, crypto, member, conversation_id)
+    peer = _peer_of(session, crypto, conv, side)
+    if peer and _blocked_by(session, crypto, peer, member.id):
+        # Left out of their list too (`conversations`): the same answer as an unknown conversation.
+        raise NotFound("no such conversation")
     session.refresh(conv)
     rows = session.execute(
         select(CommunityMessage)
@@ -426,12 +463,11 @@ def thread(
     ).scalars()
     out = []
     for row in rows:
-        text = None if row.hidden else str(_open_body(session, crypto, conv, row)["text"])
-        out.append(Message(row.id, row.seq, row.sender_token == side.member_token, text, row.sent))
-    peer = _peer_of(session, crypto, conv, side)
+        text = None if row.hidden else _text_of(session, crypto, conv, row)
+        mine = row.sender_token == side.member_token
+        out.append(Message(row.id, row.seq, mine, text, row.sent, unreadable=text == UNREADABLE))
     gone = not peer or _other_side(session, conv, side.member_token) is None
     blocked_mine = bool(peer) and _blocked_by(session, crypto, member.id, peer)
-    blocked_theirs = bool(peer) and _blocked_by(session, crypto, peer, member.id)
     if mark_read:
         side.read_upto = conv.last_seq
     return Thread(
@@ -439,7 +475,7 @@ def thread(
         peer=peer,
         muted=side.muted,
         blocked_by_me=blocked_mine,
-        can_send=not gone and not blocked_mine and not blocked_theirs and not member.suspended(now),
+        can_send=not gone and not blocked_mine and not member.suspended(now),
         recent=_recent(conv, now),
         messages=out,
     )
@@ -511,9 +547,17 @@ def delete_for_me(*, session: Session, crypto: CryptoContext, member: Member, co
     side.cleared_upto = side.read_upto = conv.last_seq
     other = _other_side(session, conv, side.member_token)
     if other is None or other.cleared_upto >= conv.last_seq:
+        _forget_reports(session, crypto, conv)
         _shred(session, crypto, conv)
         return True
     return False
+
+
+def _forget_reports(session: Session, crypto: CryptoContext, conv: CommunityConversation) -> None:
+    """Both sides deleted the conversation: no snapshot of its messages stays in moderation."""
+    ids = session.execute(select(CommunityMessage.id).where(CommunityMessage.conversation_id == conv.id)).scalars()
+    for message_id in list(ids):
+        moderation.forget_content(session=session, crypto=crypto, kind="message", content_id=message_id)
 
 
 def _shred(session: Session, crypto: CryptoContext, conv: CommunityConversation) -> None:
@@ -554,7 +598,7 @@ def export_member(*, session: Session, crypto: CryptoContext, member: Member, no
                     {
                         "id": m.id,
                         "sent": m.sent.isoformat(),
-                        "text": _open_body(session, crypto, conv, m)["text"],
+                        "text": _text_of(session, crypto, conv, m),
                         "hiddenByModerator": m.hidden,
                     }
                     for m in written
@@ -615,7 +659,7 @@ def _audit(session: Session, crypto: CryptoContext, member: Member, *, code: str
         "recorded": now.isoformat().replace("+00:00", "Z"),
         "outcome": "0",
         "agent": [
-            {"who": {"identifier": {"system": "urn:medvault:account", "value": member.account_id}}, "requestor": True}
+            {"who": {"identifier": {"system": "urn:medvault:account", "value": member.account()}}, "requestor": True}
         ],
         "source": {"observer": {"display": "medvault"}, "type": [{"code": "4"}]},
     }
@@ -638,7 +682,10 @@ class MessageKind:
 
     def snapshot_for_report(self, *, session: Session, crypto: CryptoContext, content_id: str) -> dict[str, Any]:
         row, conv = _message_and_conversation(session, content_id)
-        body = _open_body(session, crypto, conv, row)
+        try:
+            body = _open_body(session, crypto, conv, row)
+        except _Unreadable:
+            raise NotFound("no such message") from None
         return {"text": body["text"], "author": body["from"], "sent": row.sent.isoformat()}
 
     def set_hidden(self, *, session: Session, content_id: str, hidden: bool) -> None:
@@ -649,7 +696,10 @@ class MessageKind:
 
     def author_of(self, *, session: Session, crypto: CryptoContext, content_id: str) -> str:
         row, conv = _message_and_conversation(session, content_id)
-        return str(_open_body(session, crypto, conv, row)["from"])
+        try:
+            return str(_open_body(session, crypto, conv, row)["from"])
+        except _Unreadable:
+            raise NotFound("no such message") from None
 
 
 def _reportable_by(*, session: Session, crypto: CryptoContext, content_id: str, reporter_id: str) -> bool:

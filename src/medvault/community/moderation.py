@@ -9,10 +9,19 @@ conversation.
 
 Every moderator action writes an access-log entry in the same transaction and a row of the
 moderation history. Reporter and author are known to the queue by their public handles only.
+Opening the queue is audited too (report ids only), and a moderator cannot act on a report about
+their own content or one they filed.
+
+Retention of a snapshot: it is the item *as reported*, kept to let a moderator judge it. When the
+item is deleted (`forget_content`) the snapshot is shredded and an open report is closed as
+"content-deleted". When the *author* deletes their community account, open reports about their
+content stay open with the snapshot (leaving must not make reports vanish) until a moderator closes
+them; the snapshot is shredded then. Reports the leaving member filed are withdrawn.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +32,7 @@ import orjson
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from medvault import logs
 from medvault.audit import log as audit_log
 from medvault.auth.accounts import Actor
 from medvault.community import members
@@ -30,7 +40,7 @@ from medvault.community.errors import CommunityError, Forbidden, NotFound
 from medvault.community.members import Member
 from medvault.crypto.errors import CryptoError
 from medvault.store.crypto_context import CryptoContext
-from medvault.store.models import CommunityMember, CommunityModAction, CommunityNotice, CommunityReport
+from medvault.store.models import CommunityModAction, CommunityNotice, CommunityReport
 
 __all__ = [
     "ACTIONS",
@@ -46,6 +56,7 @@ __all__ = [
     "delete_member",
     "dismiss_notice",
     "export_member",
+    "forget_content",
     "history",
     "member_token",
     "notices",
@@ -69,13 +80,16 @@ REASON_LABELS: dict[str, str] = {
 Action = Literal["hide", "restore", "warn", "suspend", "dismiss"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
 # A report is open until a moderator acts; then it is in the state of the last action, or
-# "withdrawn" when the author or the reporter left (and the report's key went with them).
-STATES = ("open", "hidden", "restored", "warned", "suspended", "dismissed", "withdrawn")
+# "withdrawn" when the reporter left (and the report's key went with them), "content-deleted" when
+# the item was deleted (and its snapshot with it).
+STATES = ("open", "hidden", "restored", "warned", "suspended", "dismissed", "withdrawn", "content-deleted")
+UNREADABLE = "(unreadable)"
 NOTE_MAX = 1000
 MESSAGE_MAX = 1000
 SUSPEND_DAYS_MAX = 365
 _REPORT_AAD = b"medvault:community-report:v1|"
 _NOTICE_AAD = b"medvault:community-notice:v1|"
+_log = logs.get("community.moderation")
 
 
 class KindHandler(Protocol):
@@ -142,16 +156,34 @@ def _report_key(session: Session, crypto: CryptoContext, row: CommunityReport) -
     return crypto.data_key(session, purpose="identity", owner=row.key_owner)[1]
 
 
+class _Unreadable(Exception):
+    """A report's sealed part does not open (tampered, or copied from another row)."""
+
+
 def _open_report(session: Session, crypto: CryptoContext, row: CommunityReport) -> dict[str, Any] | None:
-    """The sealed part of a report, or None once it was shredded (author or reporter deleted)."""
+    """The sealed part of a report, or None once it was shredded; `_Unreadable` when it does not
+    open (logged with the error's class name only: never content)."""
     if row.sealed is None:
         return None
     try:
         key = _report_key(session, crypto, row)
         value: dict[str, Any] = orjson.loads(crypto.sealer.open(key, row.sealed, _REPORT_AAD + row.id.encode()))
-    except CryptoError:
-        return None
+    except (CryptoError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
+        _log.warning("community report %s does not open: %s", row.id, type(exc).__name__)
+        raise _Unreadable from None
     return value
+
+
+def _try_open_report(session: Session, crypto: CryptoContext, row: CommunityReport) -> dict[str, Any] | None:
+    try:
+        return _open_report(session, crypto, row)
+    except _Unreadable:
+        return None
+
+
+def _shred_report(session: Session, crypto: CryptoContext, row: CommunityReport) -> None:
+    crypto.destroy_data_key(session, purpose="identity", owner=row.key_owner)
+    row.sealed = None
 
 
 # -- reporting ---------------------------------------------------------------------------------
@@ -183,6 +215,7 @@ def report(
     ):
         raise NotFound("no such item")
     author = entry.handler.author_of(session=session, crypto=crypto, content_id=content_id)
+    author_member = _member_or_none(session, author)
     if author == reporter.id:
         raise Forbidden("you cannot report what you wrote yourself; you can delete it")
     reporter_token = member_token(crypto, reporter.id)
@@ -207,13 +240,21 @@ def report(
         created=now,
         state="open",
     )
-    sealed = {"reason": reason, "note": note, "reporter": reporter.id, "author": author, "snapshot": snapshot}
+    sealed = {
+        "reason": reason,
+        "note": note,
+        "reporter": reporter.id,
+        "author": author,
+        # The author's account token: a suspension still reaches them if they leave and rejoin.
+        "author_account": author_member.account_token.hex() if author_member is not None else "",
+        "snapshot": snapshot,
+    }
     row.sealed = crypto.sealer.seal(
         _report_key(session, crypto, row), orjson.dumps(sealed), _REPORT_AAD + row.id.encode()
     )
     session.add(row)
     session.flush()
-    _audit(session, crypto, code="community-report", account_id=reporter.account_id, report=row, action=None, now=now)
+    _audit(session, crypto, code="community-report", account_id=reporter.account(), report=row, action=None, now=now)
     return row.id
 
 
@@ -232,6 +273,7 @@ class QueuedReport:
     reporter: str
     author: str
     snapshot: dict[str, Any] = field(default_factory=dict)
+    unreadable: bool = False
 
 
 def _require_moderator(actor: Actor) -> None:
@@ -241,7 +283,22 @@ def _require_moderator(actor: Actor) -> None:
 
 
 def _queued(session: Session, crypto: CryptoContext, row: CommunityReport) -> QueuedReport:
-    opened = _open_report(session, crypto, row) or {}
+    try:
+        opened = _open_report(session, crypto, row) or {}
+    except _Unreadable:
+        return QueuedReport(
+            id=row.id,
+            kind=row.kind,
+            content_id=row.content_id,
+            created=row.created,
+            state=row.state,
+            reason="",
+            note=UNREADABLE,
+            reporter=UNREADABLE,
+            author=UNREADABLE,
+            snapshot={"text": UNREADABLE},
+            unreadable=True,
+        )
     return QueuedReport(
         id=row.id,
         kind=row.kind,
@@ -257,16 +314,29 @@ def _queued(session: Session, crypto: CryptoContext, row: CommunityReport) -> Qu
 
 
 def queue(
-    *, session: Session, crypto: CryptoContext, actor: Actor, states: tuple[str, ...] = ("open",), limit: int = 100
+    *,
+    session: Session,
+    crypto: CryptoContext,
+    actor: Actor,
+    now: datetime,
+    states: tuple[str, ...] = ("open",),
+    limit: int = 100,
 ) -> list[QueuedReport]:
     """Reports in `states` (oldest first for the open queue, newest first otherwise), each with
-    the item as it was reported. Moderators only."""
+    the item as it was reported. Moderators only. Audited: one entry naming the reports whose
+    snapshots were opened (ids only), in the caller's transaction."""
     _require_moderator(actor)
     order = CommunityReport.created.asc() if states == ("open",) else CommunityReport.created.desc()
-    rows = session.execute(
-        select(CommunityReport).where(CommunityReport.state.in_(states)).order_by(order).limit(limit)
-    ).scalars()
-    return [_queued(session, crypto, row) for row in rows]
+    rows = list(
+        session.execute(
+            select(CommunityReport).where(CommunityReport.state.in_(states)).order_by(order).limit(limit)
+        ).scalars()
+    )
+    out = [_queued(session, crypto, row) for row in rows]
+    opened = [row for row in rows if row.sealed is not None]
+    if opened:
+        _audit_read(session, crypto, account_id=actor.account_id, reports=opened, now=now)
+    return out
 
 
 def act(
@@ -299,24 +369,32 @@ def act(
             raise CommunityError(f"suspend for 1 to {SUSPEND_DAYS_MAX} days", location="days")
     else:
         days = None
-    opened = _open_report(session, crypto, row) or {}
+    _refuse_own(session, crypto, actor, row)
+    try:
+        opened = _open_report(session, crypto, row) or {}
+    except _Unreadable:
+        if action not in ("dismiss", "hide", "restore"):
+            raise CommunityError("this report cannot be read; dismiss it or hide the item", location="action") from None
+        opened = {}
     author_id = str(opened.get("author", ""))
-    author = _member_or_none(session, author_id)
+    author = _member_or_none(session, author_id) if author_id else None
+    author_token = author.account_token if author is not None else bytes.fromhex(str(opened.get("author_account", "")))
     if action in ("hide", "restore"):
-        _kind(row.kind).handler.set_hidden(session=session, content_id=row.content_id, hidden=action == "hide")
+        with contextlib.suppress(NotFound):  # deleted since: as hidden as it gets
+            _kind(row.kind).handler.set_hidden(session=session, content_id=row.content_id, hidden=action == "hide")
     elif action in ("warn", "suspend"):
-        if author is None:
-            raise CommunityError("the author has left the community", location="action")
         until = None
         if action == "suspend":
+            if not author_token:
+                raise CommunityError("the author has left the community", location="action")
             assert days is not None
             until = now + timedelta(days=days)
-            current = author.suspended_until
-            if current is None or current < until:
-                session.execute(
-                    update(CommunityMember).where(CommunityMember.id == author.id).values(suspended_until=until)
-                )
-        _notify(session, crypto, author, action=action, kind=row.kind, message=message, until=until, now=now)
+            # On the account, not only the membership: leaving and rejoining does not lift it.
+            members.suspend(session=session, token=author_token, until=until)
+        if author is not None:
+            _notify(session, crypto, author, action=action, kind=row.kind, message=message, until=until, now=now)
+        elif action == "warn":
+            raise CommunityError("the author has left the community", location="action")
     row.state = {"hide": "hidden", "restore": "restored", "warn": "warned", "suspend": "suspended"}.get(
         action, "dismissed"
     )
@@ -339,11 +417,28 @@ def act(
         audit_seq=seq,
     )
     session.add(entry)
+    if author is None and row.sealed is not None:
+        # The author left while the report was open: the snapshot was kept for this decision only.
+        _shred_report(session, crypto, row)
     session.flush()
     return entry.id
 
 
+def _refuse_own(session: Session, crypto: CryptoContext, actor: Actor, row: CommunityReport) -> None:
+    """A moderator does not judge their own content, nor a report they filed themselves."""
+    me = members.by_account(session=session, crypto=crypto, account_id=actor.account_id)
+    if me is None:
+        return
+    token = member_token(crypto, me.id)
+    if row.author_token == token:
+        raise Forbidden("this report is about your own content: another moderator decides")
+    if row.reporter_token == token:
+        raise Forbidden("you filed this report yourself: another moderator decides")
+
+
 def _member_or_none(session: Session, member_id: str) -> Member | None:
+    if not member_id:
+        return None
     try:
         return members.by_id(session=session, member_id=member_id)
     except NotFound:
@@ -416,6 +511,26 @@ def _audit(
     return audit_log.append(session=session, crypto=crypto, event=event, patient_id=None, now=now)
 
 
+def _audit_read(
+    session: Session, crypto: CryptoContext, *, account_id: str, reports: list[CommunityReport], now: datetime
+) -> None:
+    """A moderator opened these reports' snapshots: who, when, which report ids. No content."""
+    event = {
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "subtype": [{"system": "urn:medvault:community", "code": "community-moderation-read"}],
+        "action": "R",
+        "recorded": now.isoformat().replace("+00:00", "Z"),
+        "outcome": "0",
+        "agent": [{"who": {"identifier": {"system": "urn:medvault:account", "value": account_id}}, "requestor": True}],
+        "source": {"observer": {"display": "medvault"}, "type": [{"code": "4"}]},
+        "entity": [
+            {"what": {"identifier": {"system": "urn:medvault:community-report", "value": row.id}}} for row in reports
+        ],
+    }
+    audit_log.append(session=session, crypto=crypto, event=event, patient_id=None, now=now)
+
+
 # -- notices to members ------------------------------------------------------------------------
 
 
@@ -463,18 +578,25 @@ def notices(*, session: Session, crypto: CryptoContext, member: Member, unseen_o
         query = query.where(CommunityNotice.seen.is_(False))
     out = []
     for row in session.execute(query.order_by(CommunityNotice.created.desc())).scalars():
-        body = orjson.loads(
-            crypto.sealer.open(_member_key(session, crypto, member), row.sealed, _NOTICE_AAD + row.id.encode())
-        )
+        try:
+            body = orjson.loads(
+                crypto.sealer.open(_member_key(session, crypto, member), row.sealed, _NOTICE_AAD + row.id.encode())
+            )
+        except (CryptoError, ValueError) as exc:
+            _log.warning("community notice %s does not open: %s", row.id, type(exc).__name__)
+            body = {"action": "", "kind": "", "message": UNREADABLE, "until": None}
         until = datetime.fromisoformat(body["until"]) if body.get("until") else None
         out.append(Notice(row.id, row.created, str(body["action"]), str(body["kind"]), str(body["message"]), until))
     return out
 
 
 def dismiss_notice(*, session: Session, crypto: CryptoContext, member: Member, notice_id: str) -> None:
+    # Ids are 24 hex digits: anything else (a NUL byte breaks PostgreSQL) is simply not a notice.
+    if not (0 < len(notice_id) <= 32 and notice_id.isascii() and notice_id.isalnum()):
+        raise NotFound("no such notice")
     done = session.execute(
         update(CommunityNotice)
-        .where(CommunityNotice.id == notice_id[:32], CommunityNotice.member_token == member_token(crypto, member.id))
+        .where(CommunityNotice.id == notice_id, CommunityNotice.member_token == member_token(crypto, member.id))
         .values(seen=True)
     )
     if not getattr(done, "rowcount", 0):
@@ -492,7 +614,7 @@ def export_member(*, session: Session, crypto: CryptoContext, member: Member) ->
     for row in session.execute(
         select(CommunityReport).where(CommunityReport.reporter_token == token).order_by(CommunityReport.created)
     ).scalars():
-        opened = _open_report(session, crypto, row) or {}
+        opened = _try_open_report(session, crypto, row) or {}
         reports.append(
             {
                 "id": row.id,
@@ -512,10 +634,11 @@ def export_member(*, session: Session, crypto: CryptoContext, member: Member) ->
 
 
 def delete_member(*, session: Session, crypto: CryptoContext, member: Member) -> int:
-    """Forget a leaving member in moderation: reports about their content lose the snapshot (its
-    key is destroyed: the content is theirs), reports they filed lose reason, note and snapshot
-    (the report row stays, so the history still adds up), their notices go. Returns how many
-    reports were shredded."""
+    """Forget a leaving member in moderation: reports they filed lose reason, note and snapshot
+    (an open one is withdrawn; the row stays, so the history still adds up); closed reports about
+    their content lose the snapshot; *open* reports about their content stay open with the snapshot
+    until a moderator closes them (then it is shredded, see `act`): leaving does not make reports
+    vanish. Their notices go. Returns how many reports were shredded."""
     token = member_token(crypto, member.id)
     rows = session.execute(
         select(CommunityReport).where(
@@ -524,11 +647,35 @@ def delete_member(*, session: Session, crypto: CryptoContext, member: Member) ->
     ).scalars()
     shredded = 0
     for row in rows:
-        crypto.destroy_data_key(session, purpose="identity", owner=row.key_owner)
-        row.sealed = None
+        if row.reporter_token != token and row.state == "open":
+            continue  # about their content, still to be judged
+        if row.sealed is None:
+            continue
+        _shred_report(session, crypto, row)
         if row.state == "open":
             row.state = "withdrawn"
         shredded += 1
     for notice in session.execute(select(CommunityNotice).where(CommunityNotice.member_token == token)).scalars():
         session.delete(notice)
+    return shredded
+
+
+def forget_content(*, session: Session, crypto: CryptoContext, kind: str, content_id: str) -> int:
+    """An item was deleted: destroy its reports' snapshots (their keys), so no copy of it is left
+    in the queue or the "recently handled" list, and close its open reports as "content-deleted"
+    (the rows stay, so the history still adds up). Returns how many reports were shredded.
+
+    Not for a member deleting their whole account: open reports about their content stay open
+    until judged (see `delete_member`)."""
+    rows = session.execute(
+        select(CommunityReport).where(CommunityReport.kind == kind, CommunityReport.content_id == content_id)
+    ).scalars()
+    shredded = 0
+    for row in rows:
+        if row.state == "open":
+            row.state = "content-deleted"
+        if row.sealed is not None:
+            _shred_report(session, crypto, row)
+            shredded += 1
+    session.flush()
     return shredded

@@ -19,11 +19,14 @@ def _config() -> Config:
     return cfg
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+def upgrade(engine: Engine, *, keys_path: Path | None = None) -> None:
+    """Bring the schema to the newest revision (idempotent). `keys_path`: the key directory, for
+    the migrations that turn stored identifiers into keyed tokens (0012); a store that holds such
+    rows cannot be upgraded without it."""
     cfg = _config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
+        cfg.attributes["keys_path"] = keys_path
         command.upgrade(cfg, "head")
 
 

@@ -465,12 +465,14 @@ class CommunityMember(Base):
     """A community member: an account that joined. `id` is a random public handle, the only id
     other members ever see (never the account id, never a record id). `key_owner` names the member's
     own data key (purpose "identity"): profile fields and posts are sealed under it, and deleting
-    the account destroys it. `suspended_until` is set by moderation."""
+    the account destroys it. `suspended_until` is set by moderation. `account_token` is a keyed
+    token of the account id (`community.members.account_token`), never the id: a stolen copy does
+    not link a handle to an account."""
 
     __tablename__ = "community_member"
-    __table_args__ = (UniqueConstraint("id"), UniqueConstraint("account_id"))
+    __table_args__ = (UniqueConstraint("id"), UniqueConstraint("account_token"))
     id: Mapped[str] = mapped_column(String(32))
-    account_id: Mapped[str] = mapped_column(String(32))
+    account_token: Mapped[bytes] = mapped_column(LargeBinary(16))
     joined: Mapped[datetime] = mapped_column(UtcMicros)
     key_owner: Mapped[bytes] = mapped_column(LargeBinary(16))
     suspended_until: Mapped[datetime | None] = mapped_column(UtcMicros, nullable=True)
@@ -720,3 +722,18 @@ class CommunityDirRegion(Base):
     version: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
     due: Mapped[datetime | None] = mapped_column(UtcMicros, nullable=True)
     __mapper_args__ = {"primary_key": [region]}  # noqa: RUF012
+
+
+# --- community: account suspensions ---
+
+
+class CommunitySuspension(Base):
+    """A running suspension of an account (keyed token, as `CommunityMember.account_token`): kept
+    apart from the membership so that leaving the community and joining again does not lift it.
+    Only `until` is stored; a row is dropped once the suspension is over."""
+
+    __tablename__ = "community_suspension"
+    __table_args__ = (UniqueConstraint("account_token"),)
+    account_token: Mapped[bytes] = mapped_column(LargeBinary(16))
+    until: Mapped[datetime] = mapped_column(UtcMicros)
+    __mapper_args__ = {"primary_key": [account_token]}  # noqa: RUF012

@@ -57,7 +57,7 @@ def initialise(settings: Settings) -> InitResult:
     created_token = False
     engine = make_engine(settings)
     try:
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, keys_path=settings.keys_path)
         with unit_of_work(make_sessionmaker(engine)) as session:
             if session.get(Meta, "encryption") is None:
                 # Plaintext only for a brand-new benchmark store: a store made before this marker

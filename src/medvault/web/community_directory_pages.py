@@ -62,7 +62,7 @@ def build_router(deps: pages.PageDeps, default: directory.DirectoryPolicy) -> AP
         mine: directory.Mine | None = None
         near: directory.NearPage | None = None
         with unit_of_work(deps.factory) as session:
-            member = members.by_account(session=session, account_id=live.actor.account_id)
+            member = members.by_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id)
             if member is not None:
                 mine = directory.mine(session=session, crypto=deps.crypto, member=member)
         if member is not None and mine is not None and form is None:
@@ -116,7 +116,7 @@ def build_router(deps: pages.PageDeps, default: directory.DirectoryPolicy) -> AP
             now = datetime.now(UTC)
             try:
                 with unit_of_work(deps.factory) as session:
-                    member = members.join(session=session, actor=live.actor, now=now)
+                    member = members.join(session=session, crypto=deps.crypto, actor=live.actor, now=now)
                     directory.opt_in(
                         session=session,
                         crypto=deps.crypto,
@@ -141,7 +141,7 @@ def build_router(deps: pages.PageDeps, default: directory.DirectoryPolicy) -> AP
             live, token = signed_in(request)
             pages.check_form(deps, request, form, token)
             with unit_of_work(deps.factory) as session:
-                member = members.by_account(session=session, account_id=live.actor.account_id)
+                member = members.by_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id)
                 if member is not None:
                     directory.opt_out(
                         session=session,

@@ -96,9 +96,9 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
         if live.actor.role not in members.MEMBER_ROLES:
             raise pages.PageRefused(404, "not found")
         with unit_of_work(deps.factory) as session:
-            member = members.by_account(session=session, account_id=live.actor.account_id)
+            member = members.by_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id)
             if member is None:
-                member = members.join(session=session, actor=live.actor, now=now())
+                member = members.join(session=session, crypto=deps.crypto, actor=live.actor, now=now())
         return live, token, member
 
     def as_moderator(request: Request) -> tuple[sessions.Live, str]:
@@ -378,9 +378,9 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
             actor = live.actor
             handled = [s for s in moderation.STATES if s != "open"]
             return {
-                "open": moderation.queue(session=session, crypto=deps.crypto, actor=actor),
+                "open": moderation.queue(session=session, crypto=deps.crypto, actor=actor, now=now()),
                 "handled": moderation.queue(
-                    session=session, crypto=deps.crypto, actor=actor, states=tuple(handled), limit=50
+                    session=session, crypto=deps.crypto, actor=actor, now=now(), states=tuple(handled), limit=50
                 ),
                 "history": moderation.history(session=session, actor=actor, limit=100),
             }

@@ -146,7 +146,7 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
             return Reader(None, None, None)
         live, token = found
         with unit_of_work(deps.factory) as session:
-            me = members.by_account(session=session, account_id=live.actor.account_id)
+            me = members.by_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id)
         return Reader(live, token, me)
 
     def member_of(request: Request) -> tuple[Reader, members.Member]:
@@ -296,7 +296,7 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
             pages.check_form(deps, request, form, token)
             try:
                 with unit_of_work(deps.factory) as session:
-                    members.join(session=session, actor=live.actor, now=_now())
+                    members.join(session=session, crypto=deps.crypto, actor=live.actor, now=_now())
             except Forbidden as exc:
                 return refused_page(exc, Reader(live, token, None))
             return RedirectResponse("/community", status_code=303)
