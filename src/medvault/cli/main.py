@@ -231,7 +231,7 @@ def _serve(settings: Settings, host: str, port: int, *, workers: int = 1) -> Non
     # only channel uvicorn's workers have). Migrations run here, once, before any worker starts.
     engine = make_engine(settings)
     try:
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, keys_path=settings.keys_path)
     finally:
         engine.dispose()
     os.environ.update(
