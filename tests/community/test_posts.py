@@ -263,3 +263,46 @@ def test_research_export_holds_nothing_of_the_community(vault_env: Any) -> None:
     _post(vault_env, author, audience="members")
     with unit_of_work(vault_env.factory) as session:
         assert posts.research_export(session=session, crypto=vault_env.crypto) == []
+
+
+def _set_audience(env: Any, member: Any, post_id: str, audience: str) -> None:
+    with unit_of_work(env.factory) as session:
+        posts.edit(
+            session=session,
+            crypto=env.crypto,
+            member=member,
+            item_id=post_id,
+            title="A title",
+            body="A body",
+            audience=audience,
+            confirm=True,
+            now=NOW,
+        )
+
+
+def test_widening_a_post_never_widens_the_replies_written_under_it(vault_env: Any) -> None:
+    # Review finding M1: widening copied the post's audience onto every reply, publishing other
+    # members' replies (written for members) to visitors, feeds and the operator.
+    _a, author = new_member(vault_env)
+    reader_actor, reader = new_member(vault_env)
+    post_id = _post(vault_env, author, audience="members")
+    reply_id = _reply(vault_env, reader_actor, reader, post_id, "Members-reply-4242")
+    _set_audience(vault_env, author, post_id, "everyone")
+    for actor, me in ((None, None), (OPERATOR, None)):
+        seen = _thread(vault_env, actor, me, post_id)
+        assert seen.post is not None
+        assert seen.replies == []
+        assert _listing(vault_env, actor, me).posts[0].replies == 0
+    assert [r.body for r in _thread(vault_env, reader_actor, reader, post_id).replies] == ["Members-reply-4242"]
+    # A reply written after the widening is written for everyone, and shown to everyone.
+    later = _reply(vault_env, reader_actor, reader, post_id, "Public-reply")
+    assert [r.id for r in _thread(vault_env, None, None, post_id).replies] == [later]
+    # Narrowing still applies at once to every reply; widening again does not undo it.
+    _set_audience(vault_env, author, post_id, "only-me")
+    _set_audience(vault_env, author, post_id, "everyone")
+    with unit_of_work(vault_env.factory) as session:
+        assert session.get(CommunityPost, reply_id).audience == "only-me"
+        assert session.get(CommunityPost, later).audience == "only-me"
+    assert _thread(vault_env, None, None, post_id).replies == []
+    own = _thread(vault_env, reader_actor, reader, post_id).replies
+    assert {r.id for r in own} == {reply_id, later}  # their author still sees them

@@ -1,8 +1,11 @@
 """Posts, replies and their revisions (issue 5 item 2).
 
 A post is a question or a blog with an audience: members only (`audience.POST_DEFAULT`) or everyone.
-A reply has its post's audience: the reply rows carry a copy that changes in the same transaction
-as the post's, so narrowing a post narrows its replies at once (nothing is cached anywhere).
+A reply is written under its post's audience at that moment and keeps it: what is shown of a reply
+is the narrower of the post's and the reply's audience. Narrowing a post caps its replies' rows in
+the same transaction (so every face and every SQL filter sees the narrower one at once; nothing is
+cached anywhere); widening a post never widens a reply: its author agreed to the audience they
+wrote for, not to a wider one chosen later by someone else.
 
 Who sees an item is decided by `audience.may_see` for the caller's viewer (`members.viewer_of`),
 and by moderation: a hidden item is shown to its author only. Every function that returns content
@@ -319,8 +322,9 @@ def reply(
     confirm: bool,
     now: datetime,
 ) -> str:
-    """Reply to a post the member may see; the reply takes the post's audience. `quote_id`: the post
-    or an earlier reply of the same thread."""
+    """Reply to a post the member may see; the reply is written under the post's audience of now
+    and keeps it (a later widening of the post does not widen it). `quote_id`: the post or an
+    earlier reply of the same thread."""
     _writer(member, now)
     top = _row(session, post_id)
     if top.thread_id is not None or not _visible(top, _viewer(actor, member, top.author_id)):
@@ -365,8 +369,8 @@ def edit(
     confirm: bool,
     now: datetime,
 ) -> None:
-    """Change the author's own post or reply; the previous text becomes a revision. A new audience
-    (posts only) applies to the replies in the same transaction."""
+    """Change the author's own post or reply; the previous text becomes a revision. A narrower
+    audience (posts only) caps the replies in the same transaction; a wider one leaves them."""
     _writer(member, now)
     row = _own_row(session, member, item_id)
     current = _open(session, crypto, row)
@@ -403,7 +407,13 @@ def edit(
         row.updated = now
     if vis != row.audience:
         row.audience = vis
-        session.execute(update(CommunityPost).where(CommunityPost.thread_id == row.id).values(audience=vis))
+        # Narrowing caps the replies; widening leaves them as their authors wrote them.
+        wider = VISIBILITIES[VISIBILITIES.index(vis) + 1 :]
+        session.execute(
+            update(CommunityPost)
+            .where(CommunityPost.thread_id == row.id, CommunityPost.audience.in_(wider))
+            .values(audience=vis)
+        )
     session.flush()
 
 
