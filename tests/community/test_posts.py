@@ -306,3 +306,107 @@ def test_widening_a_post_never_widens_the_replies_written_under_it(vault_env: An
     assert _thread(vault_env, None, None, post_id).replies == []
     own = _thread(vault_env, reader_actor, reader, post_id).replies
     assert {r.id for r in own} == {reply_id, later}  # their author still sees them
+
+
+def _report(env: Any, reporter: Any, kind: str, content_id: str) -> str:
+    from medvault.community import moderation
+
+    with unit_of_work(env.factory) as session:
+        return moderation.report(
+            session=session,
+            crypto=env.crypto,
+            reporter=reporter,
+            kind=kind,
+            content_id=content_id,
+            reason="other",
+            now=NOW,
+        )
+
+
+def test_only_what_the_reporter_may_read_can_be_reported(vault_env: Any) -> None:
+    # Review finding M3: reporting pulled the current text of a post the reporter may not see
+    # (narrowed to only-me) into the queue, and 400 vs 404 told existing ids from missing ones.
+    _a, author = new_member(vault_env)
+    _m, moderator = new_member(vault_env, "moderator")
+    reader_actor, reader = new_member(vault_env)
+    post_id = _post(vault_env, author, audience="everyone")
+    reply_id = _reply(vault_env, reader_actor, reader, post_id, "a reply")
+    _set_audience(vault_env, author, post_id, "only-me")
+    for kind, item in (("post", post_id), ("reply", reply_id), ("post", "0123456789abcdef0123")):
+        with pytest.raises(NotFound):
+            _report(vault_env, moderator, kind, item)
+    _set_audience(vault_env, author, post_id, "members")
+    with pytest.raises(NotFound):  # narrowed once, the reply stays the author's own
+        _report(vault_env, moderator, "reply", reply_id)
+    assert _report(vault_env, moderator, "post", post_id)
+    with pytest.raises(NotFound):  # a post id is not a reply id, nor the other way round
+        _report(vault_env, moderator, "reply", post_id)
+    with unit_of_work(vault_env.factory) as session:
+        posts.set_hidden(session=session, content_id=post_id, hidden=True)
+    with pytest.raises(NotFound):  # hidden by a moderator: the author's only
+        _report(vault_env, reader, "post", post_id)
+    with pytest.raises(Forbidden):  # the author still sees it, and may not report themselves
+        _report(vault_env, author, "post", post_id)
+
+
+def _block(env: Any, member: Any, peer: Any) -> None:
+    from medvault.community import messages
+
+    with unit_of_work(env.factory) as session:
+        messages.block(session=session, crypto=env.crypto, member=member, peer_id=peer.id, now=NOW)
+
+
+def test_a_block_hides_both_members_posts_and_replies_from_each_other(vault_env: Any) -> None:
+    # Review finding L3: B still read and replied to the posts of A, who had blocked B.
+    a_actor, a = new_member(vault_env)
+    b_actor, b = new_member(vault_env)
+    c_actor, c = new_member(vault_env)
+    a_post = _post(vault_env, a, title="A's post")
+    b_post = _post(vault_env, b, title="B's post")
+    c_post = _post(vault_env, c, title="C's post")
+    a_reply = _reply(vault_env, a_actor, a, c_post, "A in C's thread")
+    b_reply = _reply(vault_env, b_actor, b, c_post, "B quotes A", quote=a_reply)
+    _block(vault_env, a, b)
+    for actor, me, theirs, their_reply in ((a_actor, a, b_post, b_reply), (b_actor, b, a_post, a_reply)):
+        with pytest.raises(NotFound):
+            _thread(vault_env, actor, me, theirs)
+        listed = _listing(vault_env, actor, me)
+        assert theirs not in {p.id for p in listed.posts}
+        assert listed.total == 2
+        shared = _thread(vault_env, actor, me, c_post)
+        assert their_reply not in {r.id for r in shared.replies}
+        with pytest.raises(NotFound):  # cannot reply to each other
+            _reply(vault_env, actor, me, theirs, "hello again")
+        with pytest.raises(NotFound):  # nor quote each other in a third thread
+            _reply(vault_env, actor, me, c_post, "quoting", quote=their_reply)
+        with pytest.raises(NotFound):  # nor report what they no longer see
+            _report(vault_env, me, "post", theirs)
+    # A third member sees everything, and B's quote of A shows A's words to them.
+    seen = _thread(vault_env, c_actor, c, c_post)
+    by_id = {r.id: r for r in seen.replies}
+    assert set(by_id) == {a_reply, b_reply}
+    quoted = by_id[b_reply].quote
+    assert quoted is not None
+    assert not quoted.removed
+
+
+def test_a_quote_is_not_found_unless_it_is_a_visible_item_of_the_same_thread(vault_env: Any) -> None:
+    # Review finding L4: quoting an id of another thread (even only-me) answered 400, a missing
+    # id 404: an oracle of which ids exist.
+    _a, author = new_member(vault_env)
+    reader_actor, reader = new_member(vault_env)
+    private = _post(vault_env, author, audience="only-me")
+    other = _post(vault_env, author, audience="members")
+    target = _post(vault_env, author, audience="members")
+    hidden_reply = _reply(vault_env, reader_actor, reader, target, "to be hidden")
+    _other_actor, other_member = new_member(vault_env)
+    with unit_of_work(vault_env.factory) as session:
+        posts.set_hidden(session=session, content_id=hidden_reply, hidden=True)
+    mod_actor, moderator = new_member(vault_env, "moderator")
+    for quote in (private, other, "0123456789abcdef0123", "bad id!", hidden_reply):
+        with pytest.raises(NotFound):
+            _reply(vault_env, mod_actor, moderator, target, "hi", quote=quote)
+    # The author of the hidden reply still quotes it (they see it); the post itself is quotable.
+    assert _reply(vault_env, reader_actor, reader, target, "again", quote=hidden_reply)
+    assert _reply(vault_env, mod_actor, moderator, target, "hi", quote=target)
+    del other_member

@@ -213,3 +213,63 @@ def test_hidden_profiles_show_to_their_owner_only_and_suspended_members_cannot_e
         suspended = members.by_id(session=session, member_id=owner.id)
     with pytest.raises(Forbidden):
         _set(vault_env, suspended, {"bio": "new"}, {})
+
+
+def _report_profile(env: Any, reporter: Any, handle: str) -> str:
+    from medvault.community import moderation
+
+    with unit_of_work(env.factory) as session:
+        return moderation.report(
+            session=session,
+            crypto=env.crypto,
+            reporter=reporter,
+            kind="profile",
+            content_id=handle,
+            reason="other",
+            now=NOW,
+        )
+
+
+def test_a_profile_is_reportable_only_by_a_member_who_may_view_it(vault_env: Any) -> None:
+    # Review finding M3: a hidden profile could be pulled into the queue as it is now, and the
+    # answer told a missing handle from an existing one.
+    _o, owner = new_member(vault_env)
+    _m, moderator = new_member(vault_env, "moderator")
+    _r, reader = new_member(vault_env)
+    _set(vault_env, owner, {"bio": "Report-me"}, {"bio": "members"})
+    assert _report_profile(vault_env, reader, owner.id)
+    with unit_of_work(vault_env.factory) as session:
+        profiles.set_hidden(session=session, content_id=owner.id, hidden=True)
+    for handle in (owner.id, "0123456789abcdef0123"):
+        with pytest.raises(NotFound):
+            _report_profile(vault_env, moderator, handle)
+
+
+def test_a_block_hides_both_profiles_from_each_other(vault_env: Any) -> None:
+    # Review finding L3: blocks did not reach profiles.
+    from medvault.community import messages
+
+    a_actor, a = new_member(vault_env)
+    b_actor, b = new_member(vault_env)
+    c_actor, c = new_member(vault_env)
+    for who in (a, b):
+        _set(
+            vault_env, who, {"display_name": "Someone", "bio": "hello"}, {"display_name": "everyone", "bio": "members"}
+        )
+    with unit_of_work(vault_env.factory) as session:
+        messages.block(session=session, crypto=vault_env.crypto, member=b, peer_id=a.id, now=NOW)
+    for actor, me, other in ((a_actor, a, b), (b_actor, b, a)):
+        with pytest.raises(NotFound):
+            _view(vault_env, actor, me, other.id)
+        with unit_of_work(vault_env.factory) as session:
+            names = profiles.display_names(
+                session=session, crypto=vault_env.crypto, actor=actor, me=me, handles={other.id}
+            )
+            assert names == {}
+            with pytest.raises(NotFound):
+                profiles.avatar(session=session, crypto=vault_env.crypto, actor=actor, me=me, handle=other.id)
+        with pytest.raises(NotFound):
+            _report_profile(vault_env, me, other.id)
+        assert _view(vault_env, actor, me, me.id).values["bio"] == "hello"  # their own, of course
+    assert _view(vault_env, c_actor, c, a.id).bio == "hello"
+    assert _view(vault_env, None, None, b.id).display_name == "Someone"  # visitors have no blocks

@@ -8,10 +8,12 @@ cached anywhere); widening a post never widens a reply: its author agreed to the
 wrote for, not to a wider one chosen later by someone else.
 
 Who sees an item is decided by `audience.may_see` for the caller's viewer (`members.viewer_of`),
-and by moderation: a hidden item is shown to its author only. Every function that returns content
-takes the caller (`actor`, `me`) and filters through that one decision; listing counts are counts of
-what the caller may see. An item the caller may not see and an item that does not exist raise the
-same NotFound, so a refusal confirms nothing.
+by moderation (a hidden item is shown to its author only) and by blocks: a member and someone
+they blocked, either way round, do not see each other's posts and replies (`messages.blocked_pairs`;
+docs/design-community.md). Every function that returns content takes the caller (`actor`, `me`)
+and filters through that one decision; listing counts are counts of what the caller may see. An
+item the caller may not see and an item that does not exist raise the same NotFound, so a refusal
+confirms nothing; reporting (moderation's `reportable_by`) and quoting answer by the same rule.
 
 Edits keep the previous text as a revision (author only). Deleting removes the item's row and all
 its revisions (SQLite overwrites freed pages: secure_delete; PostgreSQL's dead rows go at vacuum,
@@ -34,7 +36,7 @@ from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from medvault.auth.accounts import Actor
-from medvault.community import members, moderation, review, sealing
+from medvault.community import members, messages, moderation, review, sealing
 from medvault.community.audience import POST_DEFAULT, VISIBILITIES, Viewer, Visibility, may_see, parse_visibility
 from medvault.community.errors import CommunityError, Forbidden, NotFound
 from medvault.store.crypto_context import CryptoContext
@@ -202,19 +204,32 @@ def _viewer(actor: Actor | None, me: members.Member | None, author_id: str) -> V
     return members.viewer_of(actor=actor, member=me, author_id=author_id)
 
 
-def _visible(row: CommunityPost, viewer: Viewer) -> bool:
-    """The one rule for a single item: the audience (may_see) and moderation (hidden: author only)."""
+def _blocked(session: Session, crypto: CryptoContext, me: members.Member | None) -> frozenset[str]:
+    """The members `me` blocked or was blocked by: their items are NotFound to `me`, and `me`'s to
+    them (only members block; a visitor or the operator has no blocks)."""
+    if me is None:
+        return frozenset()
+    return messages.blocked_pairs(session=session, crypto=crypto, member_id=me.id)
+
+
+def _visible(row: CommunityPost, viewer: Viewer, blocked: frozenset[str] = frozenset()) -> bool:
+    """The one rule for a single item: blocks, the audience (may_see) and moderation (hidden: author
+    only)."""
+    if row.author_id in blocked:
+        return False
     if row.hidden and viewer != "author":
         return False
     return may_see(visibility=row.audience, viewer=viewer)  # type: ignore[arg-type]
 
 
-def _filter(actor: Actor | None, me: members.Member | None) -> ColumnElement[bool]:
+def _filter(actor: Actor | None, me: members.Member | None, blocked: frozenset[str]) -> ColumnElement[bool]:
     """The same rule as SQL, for listings and counts: audiences that `may_see` allows this caller as
-    a non-author, not hidden; or the caller's own items."""
+    a non-author, not hidden, not by a blocked member; or the caller's own items."""
     base = _viewer(actor, me, author_id="")
     allowed = [v for v in VISIBILITIES if may_see(visibility=v, viewer=base)]
     others = and_(CommunityPost.audience.in_(allowed), CommunityPost.hidden.is_(False))
+    if blocked:
+        others = and_(others, CommunityPost.author_id.not_in(sorted(blocked)))
     if me is not None and base != "operator":
         return or_(others, CommunityPost.author_id == me.id)
     return others
@@ -326,15 +341,20 @@ def reply(
     and keeps it (a later widening of the post does not widen it). `quote_id`: the post or an
     earlier reply of the same thread."""
     _writer(member, now)
+    blocked = _blocked(session, crypto, member)
     top = _row(session, post_id)
-    if top.thread_id is not None or not _visible(top, _viewer(actor, member, top.author_id)):
+    if top.thread_id is not None or not _visible(top, _viewer(actor, member, top.author_id), blocked):
         raise NotFound("no such post")
     if _viewer(actor, member, author_id="") not in ("member", "moderator"):
         raise Forbidden("only community members reply")
     if quote_id:
+        # The same answer for a missing id, an item of another thread and one this member may not
+        # see (blocked, hidden, narrowed): otherwise the error tells which ids exist elsewhere.
         quoted = _row(session, quote_id)
-        if top.id not in (quoted.id, quoted.thread_id):
-            raise CommunityError("a reply quotes the post or a reply of the same thread", location="quote")
+        if top.id not in (quoted.id, quoted.thread_id) or not _visible(
+            quoted, _viewer(actor, member, quoted.author_id), blocked
+        ):
+            raise NotFound("no such post")
     doc = {"title": "", "body": _check_text(body, limit=BODY_MAX, location="body")}
     review.review({"body": doc["body"]}, confirm=confirm)
     reply_id = _new_id()
@@ -446,7 +466,8 @@ def listing(
     author: str | None = None,
 ) -> Listing:
     """Posts (not replies) this caller may see, newest first; `author`: one member's only."""
-    visible = _filter(actor, me)
+    blocked = _blocked(session, crypto, me)
+    visible = _filter(actor, me, blocked)
     where = [CommunityPost.thread_id.is_(None), visible]
     if author is not None:
         where.append(CommunityPost.author_id == author)
@@ -467,7 +488,7 @@ def listing(
     out = []
     for row in rows:
         viewer = _viewer(actor, me, row.author_id)
-        if not _visible(row, viewer):  # the SQL filter and the one decision must agree
+        if not _visible(row, viewer, blocked):  # the SQL filter and the one decision must agree
             continue
         count = int(
             session.execute(
@@ -479,12 +500,17 @@ def listing(
 
 
 def _quote(
-    session: Session, crypto: CryptoContext, row: CommunityPost, actor: Actor | None, me: members.Member | None
+    session: Session,
+    crypto: CryptoContext,
+    row: CommunityPost,
+    actor: Actor | None,
+    me: members.Member | None,
+    blocked: frozenset[str],
 ) -> Quote | None:
     if row.quote_id is None:
         return None
     quoted = session.get(CommunityPost, row.quote_id)
-    if quoted is None or not _visible(quoted, _viewer(actor, me, quoted.author_id)):
+    if quoted is None or not _visible(quoted, _viewer(actor, me, quoted.author_id), blocked):
         return Quote(id=row.quote_id, removed=True)
     text = _open(session, crypto, quoted)["body"]
     return Quote(id=quoted.id, removed=False, author=quoted.author_id, excerpt=text[:SNIPPET])
@@ -499,25 +525,26 @@ def thread(
     top = session.get(CommunityPost, post_id)
     if top is not None and top.thread_id is not None:
         raise NotFound("no such post")
+    blocked = _blocked(session, crypto, me)
     post = None
     if top is not None:
         viewer = _viewer(actor, me, top.author_id)
-        if not _visible(top, viewer):
+        if not _visible(top, viewer, blocked):
             raise NotFound("no such post")
         post = _view(session, crypto, top, viewer)
     rows = (
         session.execute(
             select(CommunityPost)
-            .where(CommunityPost.thread_id == post_id, _filter(actor, me))
+            .where(CommunityPost.thread_id == post_id, _filter(actor, me, blocked))
             .order_by(CommunityPost.created, CommunityPost.id)
         )
         .scalars()
         .all()
     )
     replies = [
-        _view(session, crypto, r, v, quote=_quote(session, crypto, r, actor, me))
+        _view(session, crypto, r, v, quote=_quote(session, crypto, r, actor, me, blocked))
         for r in rows
-        if _visible(r, v := _viewer(actor, me, r.author_id))
+        if _visible(r, v := _viewer(actor, me, r.author_id), blocked)
     ]
     if post is None and not replies:
         raise NotFound("no such post")
@@ -603,8 +630,32 @@ class _PostKind:
         return author_of(session=session, crypto=crypto, content_id=content_id)
 
 
-moderation.register_kind("post", _PostKind())
-moderation.register_kind("reply", _PostKind())
+def _reportable(kind: Literal["post", "reply"]) -> moderation.ReportableBy:
+    """Who may report an item: only a member who may read it now, by the very decision reading
+    uses (`thread`), so that a report neither pulls in text the reporter may not see (narrowed,
+    hidden, blocked) nor tells an existing id from a missing one."""
+
+    def reportable_by(*, session: Session, crypto: CryptoContext, content_id: str, reporter_id: str) -> bool:
+        try:
+            reporter = members.by_id(session=session, member_id=reporter_id)
+            row = _row(session, content_id)
+            if (row.thread_id is None) != (kind == "post"):
+                return False
+            # Moderators see what members see (audience.may_see): a reporter reads as a member.
+            as_member = Actor(account_id=reporter.account_id, role="patient")
+            found = thread(
+                session=session, crypto=crypto, actor=as_member, me=reporter, post_id=row.thread_id or row.id
+            )
+        except NotFound:
+            return False
+        shown = {r.id for r in found.replies} | ({found.post.id} if found.post else set())
+        return content_id in shown
+
+    return reportable_by
+
+
+moderation.register_kind("post", _PostKind(), reportable_by=_reportable("post"))
+moderation.register_kind("reply", _PostKind(), reportable_by=_reportable("reply"))
 
 
 # -- your data ----------------------------------------------------------------------------------

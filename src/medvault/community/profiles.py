@@ -31,7 +31,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from medvault.auth.accounts import Actor
-from medvault.community import members, moderation, review, sealing
+from medvault.community import members, messages, moderation, review, sealing
 from medvault.community.audience import PROFILE_DEFAULT, Visibility, may_see, parse_visibility
 from medvault.community.errors import CommunityError, Forbidden, NotFound
 from medvault.community.images import clean_image
@@ -239,12 +239,15 @@ def view(
     *, session: Session, crypto: CryptoContext, actor: Actor | None, me: members.Member | None, handle: str
 ) -> Profile:
     """The profile with public handle `handle`, in the shape for this caller. NotFound for an unknown
-    handle, a hidden profile (except to its owner), and for a visitor or the operator when nothing
+    handle, a hidden profile (except to its owner), a member `me` blocked or who blocked `me`
+    (either way round: they do not see each other), and for a visitor or the operator when nothing
     of it is public (a visitor learns nothing, not even that the member exists)."""
     member = members.by_id(session=session, member_id=handle)
     viewer = members.viewer_of(actor=actor, member=me, author_id=member.id)
     if viewer == "author":
         return own(session=session, crypto=crypto, member=member)
+    if me is not None and member.id in messages.blocked_pairs(session=session, crypto=crypto, member_id=me.id):
+        raise NotFound("no such member")
     _row, stored = _load(session, crypto, member)
     if stored.hidden or viewer == "research":
         raise NotFound("no such member")
@@ -412,7 +415,20 @@ class _ProfileKind:
         return author_of(session=session, crypto=crypto, content_id=content_id)
 
 
-moderation.register_kind("profile", _ProfileKind())
+def _reportable_by(*, session: Session, crypto: CryptoContext, content_id: str, reporter_id: str) -> bool:
+    """A member may report a profile they may view now (`view`, the same decision as reading): a
+    hidden or blocked one is NotFound to them, like a missing handle."""
+    try:
+        reporter = members.by_id(session=session, member_id=reporter_id)
+        # Moderators see what members see (audience.may_see): a reporter reads as a member.
+        as_member = Actor(account_id=reporter.account_id, role="patient")
+        view(session=session, crypto=crypto, actor=as_member, me=reporter, handle=content_id)
+    except NotFound:
+        return False
+    return True
+
+
+moderation.register_kind("profile", _ProfileKind(), reportable_by=_reportable_by)
 
 
 # -- your data ----------------------------------------------------------------------------------
