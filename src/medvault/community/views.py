@@ -6,7 +6,9 @@ the request is refused with `RateLimited` (the faces answer 429 with Retry-After
 distinct profile or post an account reads in an hour is remembered as a keyed token; past
 `alert_reads` distinct items the privacy officer gets one "community-reading" alert per account per
 hour (audit/alerts.py), fixed text, naming the account only. Signed-out readers are limited per
-address (an address is not a person, so no alert names it).
+address (an address is not a person, so no alert names it). The posts a listing returns count as
+read (`count_listed`): a listing page shows their titles and openings, so paging through listings
+is reading them, and one post listed and then opened counts once.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from medvault.config import Settings
 from medvault.store.crypto_context import CryptoContext
 from medvault.store.models import Alert, CommunitySeen
 
-__all__ = ["Budget", "count_view"]
+__all__ = ["Budget", "count_listed", "count_view"]
 
 HOUR = 3600
 ViewKind = Literal["listing", "profile", "post"]
@@ -104,8 +106,39 @@ def count_view(
     limits.take(session=session, limit=per_account, subject=subject, now=now)
     if item is None or kind == "listing":
         return None
-    token = crypto.indexer.search_token(b"community-seen", "CommunitySeen", kind, item)[:16]
-    distinct = _remember(session, subject, alerts.hour_of(now), token)
+    return _seen(session, crypto, budget, account_id, kind, [item], now)
+
+
+def count_listed(
+    *,
+    session: Session,
+    crypto: CryptoContext,
+    budget: Budget,
+    account_id: str | None,
+    items: list[str],
+    now: datetime,
+) -> Alert | None:
+    """Remember the posts a listing showed an account (their titles and openings were read) toward
+    the reading alert, as if each had been opened; the alert past the threshold (returned)."""
+    if account_id is None or not items:
+        return None
+    return _seen(session, crypto, budget, account_id, "post", items, now)
+
+
+def _seen(
+    session: Session,
+    crypto: CryptoContext,
+    budget: Budget,
+    account_id: str,
+    kind: ViewKind,
+    items: list[str],
+    now: datetime,
+) -> Alert | None:
+    subject = limits.subject_token(crypto, kind="account", value=account_id)
+    distinct = 0
+    for item in items:
+        token = crypto.indexer.search_token(b"community-seen", "CommunitySeen", kind, item)[:16]
+        distinct = _remember(session, subject, alerts.hour_of(now), token)
     if distinct <= budget.alert_reads:
         return None
     return alerts.raise_hourly(session=session, kind="community-reading", account_id=account_id, now=now)

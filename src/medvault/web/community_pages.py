@@ -230,6 +230,21 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
                 now=_now(),
             )
 
+    def listed(request: Request, reader: Reader, found: posts.Listing) -> None:
+        # The posts a listing shows were read (titles and openings): they count toward the
+        # reading alert like opened posts. Its own transaction, like `counted`.
+        if reader.actor is None:
+            return
+        with unit_of_work(deps.factory) as session:
+            views.count_listed(
+                session=session,
+                crypto=deps.crypto,
+                budget=_budget(request),
+                account_id=reader.actor.account_id,
+                items=[p.id for p in found.posts],
+                now=_now(),
+            )
+
     def guarded(reader: Reader | None, work: Callable[[], Response]) -> Response:
         try:
             return work()
@@ -258,6 +273,7 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
                     session=session, crypto=deps.crypto, actor=reader.actor, me=reader.me, page=number
                 )
                 authors = names(session, reader, {p.author for p in found.posts})
+            listed(request, reader, found)
             return _page(
                 "community_list.html",
                 live=reader.live,
@@ -315,6 +331,7 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
                 theirs = posts.listing(
                     session=session, crypto=deps.crypto, actor=reader.actor, me=reader.me, author=handle, per_page=20
                 )
+            listed(request, reader, theirs)
             own = isinstance(shown, profiles.OwnProfile)
             values = shown.values if isinstance(shown, profiles.OwnProfile) else _shared_values(shown)
             return _page(
