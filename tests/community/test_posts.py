@@ -410,3 +410,31 @@ def test_a_quote_is_not_found_unless_it_is_a_visible_item_of_the_same_thread(vau
     assert _reply(vault_env, reader_actor, reader, target, "again", quote=hidden_reply)
     assert _reply(vault_env, mod_actor, moderator, target, "hi", quote=target)
     del other_member
+
+
+def test_a_tampered_ciphertext_is_left_out_not_a_500_for_everyone(
+    vault_env: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Review finding L1: one swapped post ciphertext made every listing and the thread fail.
+    reader_actor, reader = new_member(vault_env)
+    _a, author = new_member(vault_env)
+    good = _post(vault_env, author, title="Good", body="Good-body", audience="everyone")
+    bad = _post(vault_env, author, title="Bad", body="Bad-body-canary", audience="everyone")
+    reply_ok = _reply(vault_env, reader_actor, reader, good, "fine reply")
+    reply_bad = _reply(vault_env, reader_actor, reader, good, "swapped reply")
+    with unit_of_work(vault_env.factory) as session:
+        blob = session.get(CommunityPost, good).sealed
+        session.execute(update(CommunityPost).where(CommunityPost.id.in_([bad, reply_bad])).values(sealed=blob))
+    for actor, me in ((None, None), (reader_actor, reader)):
+        assert [p.id for p in _listing(vault_env, actor, me).posts] == [good]
+        with pytest.raises(NotFound):
+            _thread(vault_env, actor, me, bad)
+        assert [r.id for r in _thread(vault_env, actor, me, good).replies] == [reply_ok]
+    assert any(bad in r.getMessage() for r in caplog.records)
+    assert not any("Bad-body" in r.getMessage() or "Good-body" in r.getMessage() for r in caplog.records)
+    with unit_of_work(vault_env.factory) as session:
+        with pytest.raises(NotFound):
+            posts.snapshot_for_report(session=session, crypto=vault_env.crypto, content_id=bad)
+        mine = posts.export(session=session, crypto=vault_env.crypto, member=author)
+        assert {"id": bad, "unreadable": True} in mine
+        assert any(item.get("body") == "Good-body" for item in mine)

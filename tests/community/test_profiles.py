@@ -273,3 +273,30 @@ def test_a_block_hides_both_profiles_from_each_other(vault_env: Any) -> None:
         assert _view(vault_env, actor, me, me.id).values["bio"] == "hello"  # their own, of course
     assert _view(vault_env, c_actor, c, a.id).bio == "hello"
     assert _view(vault_env, None, None, b.id).display_name == "Someone"  # visitors have no blocks
+
+
+def test_non_ascii_digits_and_corrupt_images_and_blobs_are_clear_not_500(vault_env: Any) -> None:
+    # Review finding L1: "¹⁹⁹⁰" passed isdigit() and int() raised; a corrupt EXIF block made
+    # exif_transpose raise SyntaxError; a swapped profile blob failed every view of it.
+    owner_actor, owner = new_member(vault_env)
+    reader_actor, reader = new_member(vault_env)
+    for birth in ("\u00b9\u2079\u2079\u2070", "\u0661\u0669\u0669\u0660", "\uff11\uff19\uff19\uff10"):
+        with pytest.raises(CommunityError) as refused:
+            _set(vault_env, owner, {"birth": birth}, {})
+        assert refused.value.location == "birth"
+    assert _set(vault_env, owner, {"birth": "1990"}, {}).values["birth"] == "1990"
+    corrupt = io.BytesIO()
+    not_tiff = b"\x99M\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(corrupt, format="WEBP", exif=not_tiff)
+    with unit_of_work(vault_env.factory) as session, pytest.raises(CommunityError) as refused:
+        profiles.set_avatar(session=session, crypto=vault_env.crypto, member=owner, data=corrupt.getvalue(), now=NOW)
+    assert refused.value.location == "avatar"
+    _set(vault_env, reader, {"bio": "Reader-bio"}, {"bio": "members"})
+    _set(vault_env, owner, {"bio": "Owner-bio"}, {"bio": "members"})
+    with unit_of_work(vault_env.factory) as session:
+        swapped = session.get(CommunityProfile, reader.id).sealed
+        session.execute(update(CommunityProfile).where(CommunityProfile.member_id == owner.id).values(sealed=swapped))
+    shown = _view(vault_env, reader_actor, reader, owner.id)
+    assert shown.bio is None
+    assert _view(vault_env, owner_actor, owner, owner.id).values == {}
+    assert _set(vault_env, owner, {"bio": "Again"}, {"bio": "members"}).values == {"bio": "Again"}

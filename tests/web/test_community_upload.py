@@ -137,3 +137,19 @@ def test_the_parser_reads_a_browser_form() -> None:
     assert parts == {"csrf": b"tok", "picture": b"\x00\x01binary\r\n--not-the-boundary"}
     with pytest.raises(pages.PageRefused):
         community_pages._multipart(_form("tok", b"x"), "multipart/form-data")  # no boundary
+
+
+def test_a_picture_with_a_corrupt_exif_block_is_400_not_500(csite: Site) -> None:
+    # Review finding L1: ImageOps.exif_transpose raised SyntaxError ("not a TIFF file").
+    corrupt = io.BytesIO()
+    not_tiff = b"\x99M\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(corrupt, format="WEBP", exif=not_tiff)
+    author = csite.people["author"]
+    refused = csite.client.post(
+        "/community/me/picture",
+        content=_form(author.csrf, corrupt.getvalue()),
+        headers={"Content-Type": CT, "Origin": ORIGIN, **author.headers},
+        follow_redirects=False,
+    )
+    assert refused.status_code == 400
+    assert "not a PNG, JPEG or WebP image" in refused.text

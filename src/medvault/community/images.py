@@ -37,7 +37,14 @@ def clean_image(data: bytes) -> bytes:
             upright.thumbnail((SIZE, SIZE))
             mode = "RGBA" if upright.mode in ("RGBA", "LA", "P", "PA") else "RGB"
             pixels = upright.convert(mode)
+    except CommunityError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise CommunityError("the file is not a PNG, JPEG or WebP image", location="avatar") from None
+    except Exception:  # noqa: BLE001
+        # Pillow parsing a hostile file fails in ways that are not one list (a corrupt EXIF block
+        # raises SyntaxError from exif_transpose; struct.error, IndexError, ... elsewhere): any
+        # failure to decode is the uploader's bad file, a 400, never a 500.
         raise CommunityError("the file is not a PNG, JPEG or WebP image", location="avatar") from None
     # A fresh image holding only the pixels: no info dict, no EXIF, no text chunks survive.
     clean = Image.new(mode, pixels.size)

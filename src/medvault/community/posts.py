@@ -27,6 +27,7 @@ Research exports: `research_export` returns nothing of the community (decided by
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +40,7 @@ from medvault.auth.accounts import Actor
 from medvault.community import members, messages, moderation, review, sealing
 from medvault.community.audience import POST_DEFAULT, VISIBILITIES, Viewer, Visibility, may_see, parse_visibility
 from medvault.community.errors import CommunityError, Forbidden, NotFound
+from medvault.crypto.errors import CryptoError
 from medvault.store.crypto_context import CryptoContext
 from medvault.store.models import CommunityMember, CommunityPost, CommunityRevision
 
@@ -72,6 +74,7 @@ BODY_MAX = 20_000
 SNIPPET = 200
 PAGE_SIZE = 20
 _TABLE = "community_post"
+_log = logging.getLogger(__name__)
 _REVISIONS = "community_revision"
 
 
@@ -175,17 +178,40 @@ def _owner_of(session: Session, author_id: str) -> bytes | None:
 
 
 def _open(session: Session, crypto: CryptoContext, row: CommunityPost) -> dict[str, str]:
+    """The item's text; NotFound (logged by id, never content) when its ciphertext does not open: a
+    tampered, swapped or orphaned row is "not available", not a 500 for every reader."""
     owner = _owner_of(session, row.author_id)
     if owner is None:
         raise NotFound("no such post")
-    doc = sealing.open_json(
-        session=session,
-        crypto=crypto,
-        owner=owner,
-        blob=row.sealed,
-        bound=sealing.aad(_TABLE, row.id, "sealed", row.revision),
-    )
+    try:
+        doc = sealing.open_json(
+            session=session,
+            crypto=crypto,
+            owner=owner,
+            blob=row.sealed,
+            bound=sealing.aad(_TABLE, row.id, "sealed", row.revision),
+        )
+    except CryptoError:
+        _log.warning("community item %s does not open (tampered or moved ciphertext); left out", row.id)
+        raise NotFound("no such post") from None
     return {"title": str(doc.get("title", "")), "body": str(doc.get("body", ""))}
+
+
+def _try_view(
+    session: Session,
+    crypto: CryptoContext,
+    row: CommunityPost,
+    viewer: Viewer,
+    *,
+    quote: Quote | None = None,
+    replies: int = 0,
+) -> PostView | None:
+    """`_view`, or None for an item that does not open (logged in `_open`): a listing or thread
+    leaves it out and shows the rest."""
+    try:
+        return _view(session, crypto, row, viewer, quote=quote, replies=replies)
+    except NotFound:
+        return None
 
 
 def _seal(
@@ -495,7 +521,9 @@ def listing(
                 select(func.count()).select_from(CommunityPost).where(CommunityPost.thread_id == row.id, visible)
             ).scalar_one()
         )
-        out.append(_view(session, crypto, row, viewer, replies=count))
+        shown = _try_view(session, crypto, row, viewer, replies=count)
+        if shown is not None:
+            out.append(shown)
     return Listing(out, total, page, pages)
 
 
@@ -512,7 +540,10 @@ def _quote(
     quoted = session.get(CommunityPost, row.quote_id)
     if quoted is None or not _visible(quoted, _viewer(actor, me, quoted.author_id), blocked):
         return Quote(id=row.quote_id, removed=True)
-    text = _open(session, crypto, quoted)["body"]
+    try:
+        text = _open(session, crypto, quoted)["body"]
+    except NotFound:
+        return Quote(id=row.quote_id, removed=True)
     return Quote(id=quoted.id, removed=False, author=quoted.author_id, excerpt=text[:SNIPPET])
 
 
@@ -542,9 +573,11 @@ def thread(
         .all()
     )
     replies = [
-        _view(session, crypto, r, v, quote=_quote(session, crypto, r, actor, me, blocked))
+        shown
         for r in rows
         if _visible(r, v := _viewer(actor, me, r.author_id), blocked)
+        and (shown := _try_view(session, crypto, r, v, quote=_quote(session, crypto, r, actor, me, blocked)))
+        is not None
     ]
     if post is None and not replies:
         raise NotFound("no such post")
@@ -565,13 +598,17 @@ def history(*, session: Session, crypto: CryptoContext, member: members.Member, 
     ).scalars()
     out = []
     for rev in found:
-        doc = sealing.open_json(
-            session=session,
-            crypto=crypto,
-            owner=member.key_owner,
-            blob=rev.sealed,
-            bound=sealing.aad(_REVISIONS, row.id, "sealed", rev.number),
-        )
+        try:
+            doc = sealing.open_json(
+                session=session,
+                crypto=crypto,
+                owner=member.key_owner,
+                blob=rev.sealed,
+                bound=sealing.aad(_REVISIONS, row.id, "sealed", rev.number),
+            )
+        except CryptoError:
+            _log.warning("community revision %s/%s does not open; left out", row.id, rev.number)
+            continue
         out.append(Revision(rev.number, rev.created, str(doc.get("title", "")), str(doc.get("body", ""))))
     return out
 
@@ -590,7 +627,10 @@ def research_export(*, session: Session, crypto: CryptoContext) -> list[dict[str
     ).scalars()
     out = []
     for row in rows:
-        doc = _open(session, crypto, row)
+        try:
+            doc = _open(session, crypto, row)
+        except NotFound:
+            continue
         out.append({"kind": row.kind, "title": doc["title"], "body": doc["body"]})
     return out
 
@@ -668,9 +708,13 @@ def export(*, session: Session, crypto: CryptoContext, member: members.Member) -
         .where(CommunityPost.author_id == member.id)
         .order_by(CommunityPost.created, CommunityPost.id)
     ).scalars()
-    out = []
+    out: list[dict[str, Any]] = []
     for row in rows:
-        doc = _open(session, crypto, row)
+        try:
+            doc = _open(session, crypto, row)
+        except NotFound:  # does not open (logged): the export says so instead of failing whole
+            out.append({"id": row.id, "unreadable": True})
+            continue
         out.append(
             {
                 "id": row.id,

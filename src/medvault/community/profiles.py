@@ -21,6 +21,7 @@ both under the member's own data key.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from medvault.community import members, messages, moderation, review, sealing
 from medvault.community.audience import PROFILE_DEFAULT, Visibility, may_see, parse_visibility
 from medvault.community.errors import CommunityError, Forbidden, NotFound
 from medvault.community.images import clean_image
+from medvault.crypto.errors import CryptoError
 from medvault.store.crypto_context import CryptoContext
 from medvault.store.models import CommunityProfile
 
@@ -79,6 +81,7 @@ AGE_BANDS = ("under 18", "18-29", "30-39", "40-49", "50-59", "60-69", "70-79", "
 _POSTCODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 -]{0,11}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _TABLE = "community_profile"
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -152,13 +155,19 @@ def _load(session: Session, crypto: CryptoContext, member: members.Member) -> tu
     row = session.get(CommunityProfile, member.id)
     if row is None:
         return None, _blank()
-    doc = sealing.open_json(
-        session=session,
-        crypto=crypto,
-        owner=member.key_owner,
-        blob=row.sealed,
-        bound=sealing.aad(_TABLE, member.id, "sealed"),
-    )
+    try:
+        doc = sealing.open_json(
+            session=session,
+            crypto=crypto,
+            owner=member.key_owner,
+            blob=row.sealed,
+            bound=sealing.aad(_TABLE, member.id, "sealed"),
+        )
+    except CryptoError:
+        # A tampered or swapped blob: show nothing of it (every field is then only-me by default)
+        # rather than a 500; the owner's next save writes a fresh one.
+        _log.warning("community profile %s does not open; shown empty", member.id)
+        return row, _Stored({}, {}, False, row.picture is not None, bool(row.hidden))
     visibility: dict[str, Visibility] = {}
     for name, vis in dict(doc.get("vis", {})).items():
         if name in FIELDS and vis in ("only-me", "members", "everyone"):
@@ -206,7 +215,8 @@ def _clean(name: str, raw: str) -> str:
     if name == "birth":
         if value in AGE_BANDS:
             return value
-        if not (value.isdigit() and len(value) == 4 and 1900 <= int(value) <= 2100):
+        # ASCII digits only: "¹⁹⁹⁰" is isdigit() but not int()-able.
+        if not (value.isascii() and value.isdigit() and len(value) == 4 and 1900 <= int(value) <= 2100):
             raise CommunityError("a birth year (four digits) or an age band", location=name)
     elif name == "sex":
         if value not in dict(SEX_CHOICES):
@@ -353,13 +363,17 @@ def avatar(
     member = members.by_id(session=session, member_id=handle)
     if row is None or row.picture is None:
         raise NotFound("no such picture")
-    return sealing.open_raw(
-        session=session,
-        crypto=crypto,
-        owner=member.key_owner,
-        blob=row.picture,
-        bound=sealing.aad(_TABLE, handle, "picture"),
-    )
+    try:
+        return sealing.open_raw(
+            session=session,
+            crypto=crypto,
+            owner=member.key_owner,
+            blob=row.picture,
+            bound=sealing.aad(_TABLE, handle, "picture"),
+        )
+    except CryptoError:
+        _log.warning("community picture %s does not open", handle)
+        raise NotFound("no such picture") from None
 
 
 def suggestions_from_record(patient: dict[str, Any]) -> dict[str, str]:
