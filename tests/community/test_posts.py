@@ -15,9 +15,14 @@ from medvault.community import members, posts, review
 from medvault.community.errors import CommunityError, Forbidden, NotFound
 from medvault.db import unit_of_work
 from medvault.store.models import CommunityMember, CommunityPost, CommunityRevision
-from tests.community.support import NOW, new_member, raw_bytes
+from tests.community.support import NOW, forget_content_shim, new_member, raw_bytes
 
 OPERATOR = Actor(account_id="f" * 32, role="admin")
+
+
+@pytest.fixture(autouse=True)
+def _forget_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    forget_content_shim(monkeypatch)  # until fix-community-b's moderation.forget_content is merged
 
 
 def _post(
@@ -183,9 +188,9 @@ def test_deleting_removes_rows_and_revisions_and_quotes_show_removed(vault_env: 
     )
     with unit_of_work(vault_env.factory) as session:
         with pytest.raises(NotFound):  # only the author deletes
-            posts.delete_item(session=session, member=reader, item_id=first)
-        posts.delete_item(session=session, member=author, item_id=first)
-        posts.delete_item(session=session, member=author, item_id=post_id)
+            posts.delete_item(session=session, crypto=vault_env.crypto, member=reader, item_id=first)
+        posts.delete_item(session=session, crypto=vault_env.crypto, member=author, item_id=first)
+        posts.delete_item(session=session, crypto=vault_env.crypto, member=author, item_id=post_id)
     with unit_of_work(vault_env.factory) as session:
         assert session.get(CommunityPost, first) is None
         assert session.execute(select(func.count()).select_from(CommunityRevision)).scalar_one() == 0
@@ -438,3 +443,47 @@ def test_a_tampered_ciphertext_is_left_out_not_a_500_for_everyone(
         mine = posts.export(session=session, crypto=vault_env.crypto, member=author)
         assert {"id": bad, "unreadable": True} in mine
         assert any(item.get("body") == "Good-body" for item in mine)
+
+
+def test_deleting_an_item_shreds_the_snapshots_of_its_reports(vault_env: Any) -> None:
+    # Review finding M4: report snapshots of a deleted post stayed in the queue indefinitely.
+    from medvault.community import moderation
+    from medvault.store.models import CommunityReport
+
+    author_actor, author = new_member(vault_env)
+    reader_actor, reader = new_member(vault_env)
+    mod_actor, _moderator = new_member(vault_env, "moderator")
+    post_id = _post(vault_env, author, title="Regret-title", body="Regret-body-5150")
+    reply_id = _reply(vault_env, author_actor, author, post_id, "Regret-reply-5150")
+    kept = _post(vault_env, author, title="Kept", body="Kept-body")
+    first = _report(vault_env, reader, "post", post_id)
+    _set_audience(vault_env, author, post_id, "members")  # a revision (same audience, new text below)
+    with unit_of_work(vault_env.factory) as session:
+        posts.edit(
+            session=session,
+            crypto=vault_env.crypto,
+            member=author,
+            item_id=post_id,
+            title="Regret-title",
+            body="Regret-body-edited",
+            confirm=True,
+            now=NOW,
+        )
+    _report(vault_env, reader, "reply", reply_id)
+    _report(vault_env, reader, "post", kept)
+    with unit_of_work(vault_env.factory) as session:
+        posts.delete_item(session=session, crypto=vault_env.crypto, member=author, item_id=reply_id)
+        posts.delete_item(session=session, crypto=vault_env.crypto, member=author, item_id=post_id)
+    with unit_of_work(vault_env.factory) as session:
+        rows = {r.content_id: r for r in session.execute(select(CommunityReport)).scalars()}
+        assert rows[post_id].sealed is None
+        assert rows[reply_id].sealed is None
+        assert rows[post_id].state == rows[reply_id].state == "content-deleted"
+        assert rows[kept].sealed is not None  # other items' reports untouched
+        assert rows[post_id].id == first
+        queued = repr(
+            moderation.queue(session=session, crypto=vault_env.crypto, actor=mod_actor, states=moderation.STATES)
+        )
+    assert "Regret" not in queued
+    assert "Kept-body" in queued
+    del reader_actor

@@ -361,7 +361,7 @@ def install(app: FastAPI, deps: CommunityApiDeps) -> None:
             if who.via == "cookie":
                 check_origin(request)
             with unit_of_work(deps.factory) as session:
-                posts.delete_item(session=session, member=me, item_id=item_id)
+                posts.delete_item(session=session, crypto=deps.crypto, member=me, item_id=item_id)
             return Response(status_code=204, headers=_HEADERS)
 
         return await threaded(work)

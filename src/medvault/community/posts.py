@@ -463,16 +463,24 @@ def edit(
     session.flush()
 
 
-def delete_item(*, session: Session, member: members.Member, item_id: str) -> None:
+def delete_item(*, session: Session, crypto: CryptoContext, member: members.Member, item_id: str) -> None:
     """Delete the author's own post or reply and all its revisions. Replies to a post stay (their
-    authors' words) with the post shown as removed; quotes of it show "removed"."""
+    authors' words) with the post shown as removed; quotes of it show "removed". Reports of it
+    lose their snapshots (keys destroyed) and open ones close as "content deleted": a report must
+    not be the copy that outlives a deletion."""
     row = _own_row(session, member, item_id)
+    kind = "reply" if row.thread_id is not None else "post"
+    # Revisions share the item's id: its reports are the revisions' reports too.
+    moderation.forget_content(session=session, crypto=crypto, kind=kind, content_id=row.id)  # type: ignore[attr-defined, unused-ignore]
     session.execute(delete(CommunityRevision).where(CommunityRevision.post_id == row.id))
     session.execute(delete(CommunityPost).where(CommunityPost.id == row.id))
 
 
 def delete_all_of(*, session: Session, crypto: CryptoContext, member: members.Member) -> None:
-    """Everything the member wrote, with its revisions (account deletion)."""
+    """Everything the member wrote, with its revisions (account deletion). Reports of it are not
+    forgotten here: open reports about a leaving member stay open until judged, so deleting the
+    account is no way out of a report (review finding M2; `moderation.delete_member` handles them)
+    and the member's key, destroyed with the account, already makes every row of theirs unreadable."""
     mine = select(CommunityPost.id).where(CommunityPost.author_id == member.id)
     session.execute(delete(CommunityRevision).where(CommunityRevision.post_id.in_(mine)))
     session.execute(delete(CommunityPost).where(CommunityPost.author_id == member.id))

@@ -591,7 +591,7 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
             pages.check_form(deps, request, form, reader.token)
             with unit_of_work(deps.factory) as session:
                 item = _own_item(session, deps, me, item_id)
-                posts.delete_item(session=session, member=me, item_id=item_id)
+                posts.delete_item(session=session, crypto=deps.crypto, member=me, item_id=item_id)
             return RedirectResponse(
                 f"/community/posts/{item.thread_id}" if item.is_reply else "/community", status_code=303
             )
