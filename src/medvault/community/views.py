@@ -1,6 +1,6 @@
 """Scraping guard (issue 5 item 8): how much of the community one account or one address may read.
 
-Every listing page and every profile view is counted per account (when signed in) and per client
+Every listing page, every profile view and every profile picture is counted per account (when signed in) and per client
 address, in fixed one-hour windows (`limits.take`, in the request's own transaction); past a limit
 the request is refused with `RateLimited` (the faces answer 429 with Retry-After). Separately, each
 distinct profile or post an account reads in an hour is remembered as a keyed token; past
@@ -30,7 +30,7 @@ from medvault.store.models import Alert, CommunitySeen
 __all__ = ["Budget", "count_listed", "count_view"]
 
 HOUR = 3600
-ViewKind = Literal["listing", "profile", "post"]
+ViewKind = Literal["listing", "profile", "post", "picture"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,14 @@ class Budget:
 
 
 def _limits(budget: Budget, kind: ViewKind) -> tuple[limits.Limit, limits.Limit]:
-    # A post page is a page of reading like a listing page: one budget for both.
+    # A post page is a page of reading like a listing page: one budget for both. A profile picture
+    # has a budget of its own as large as the profiles' (each profile page shows one), so that
+    # fetching pictures alone is limited too and a profile visit is not counted twice.
+    if kind == "picture":
+        return (
+            limits.Limit("picture-view-account", budget.profile_account, HOUR),
+            limits.Limit("picture-view-address", budget.profile_address, HOUR),
+        )
     if kind == "profile":
         return (
             limits.Limit("profile-view-account", budget.profile_account, HOUR),
@@ -106,7 +113,8 @@ def count_view(
     limits.take(session=session, limit=per_account, subject=subject, now=now)
     if item is None or kind == "listing":
         return None
-    return _seen(session, crypto, budget, account_id, kind, [item], now)
+    # A member's picture and profile are one member read: one distinct item toward the alert.
+    return _seen(session, crypto, budget, account_id, "profile" if kind == "picture" else kind, [item], now)
 
 
 def count_listed(

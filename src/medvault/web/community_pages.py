@@ -353,6 +353,7 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
     def picture(request: Request, handle: str) -> Response:
         reader = reader_of(request)
         try:
+            counted(request, reader, "picture", handle)
             with unit_of_work(deps.factory) as session:
                 png = profiles.avatar(
                     session=session, crypto=deps.crypto, actor=reader.actor, me=reader.me, handle=handle
