@@ -301,3 +301,29 @@ def test_non_ascii_digits_and_corrupt_images_and_blobs_are_clear_not_500(vault_e
     assert shown.bio is None
     assert _view(vault_env, owner_actor, owner, owner.id).values == {}
     assert _set(vault_env, owner, {"bio": "Again"}, {"bio": "members"}).values == {"bio": "Again"}
+
+
+def test_big_canvases_are_refused_unread_and_jpegs_decode_at_a_reduced_scale(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Review finding L2: a 1 KiB lossless 4096 x 4096 WebP cost ~290 ms and 130 MB.
+    from PIL import JpegImagePlugin
+
+    from medvault.community import images
+
+    assert images.MAX_SIDE == 2048
+    big = io.BytesIO()
+    Image.new("RGBA", (2049, 16), (1, 2, 3, 4)).save(big, format="WEBP", lossless=True)
+    with pytest.raises(CommunityError, match="too large"):
+        images.clean_image(big.getvalue())
+    drafts: list[tuple[int, int]] = []
+    real = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self: Any, mode: Any, size: Any) -> Any:
+        drafts.append(size)
+        return real(self, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    photo = io.BytesIO()
+    Image.new("RGB", (2048, 1536), (90, 120, 200)).save(photo, format="JPEG", quality=90)
+    out = Image.open(io.BytesIO(images.clean_image(photo.getvalue())))
+    assert out.size == (256, 192)
+    assert drafts == [(images.SIZE, images.SIZE)]

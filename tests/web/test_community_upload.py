@@ -153,3 +153,33 @@ def test_a_picture_with_a_corrupt_exif_block_is_400_not_500(csite: Site) -> None
     )
     assert refused.status_code == 400
     assert "not a PNG, JPEG or WebP image" in refused.text
+
+
+def test_picture_uploads_are_limited_per_account_failed_ones_included(
+    csite: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review finding L2: no upload rate limit on a costly decode.
+    from medvault.community import limits, profiles
+
+    monkeypatch.setattr(profiles, "UPLOADS", limits.Limit("avatar-upload", 2, 3600))
+    author = csite.people["author"]
+    headers = {"Content-Type": CT, "Origin": ORIGIN, **author.headers}
+
+    def upload(picture: bytes) -> Any:
+        return csite.client.post(
+            "/community/me/picture", content=_form(author.csrf, picture), headers=headers, follow_redirects=False
+        )
+
+    assert upload(b"GIF89a" + bytes(64)).status_code == 400  # not decodable: counted all the same
+    assert upload(_png()).status_code == 303
+    limited = upload(_png())
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) > 0
+    other = csite.people["member"]
+    theirs = csite.client.post(
+        "/community/me/picture",
+        content=_form(other.csrf, _png()),
+        headers={"Content-Type": CT, "Origin": ORIGIN, **other.headers},
+        follow_redirects=False,
+    )
+    assert theirs.status_code == 303  # per account

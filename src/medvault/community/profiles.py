@@ -32,7 +32,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from medvault.auth.accounts import Actor
-from medvault.community import members, messages, moderation, review, sealing
+from medvault.community import limits, members, messages, moderation, review, sealing
 from medvault.community.audience import PROFILE_DEFAULT, Visibility, may_see, parse_visibility
 from medvault.community.errors import CommunityError, Forbidden, NotFound
 from medvault.community.images import clean_image
@@ -326,6 +326,20 @@ def update(
         session, crypto, member, row, _Stored(new_values, new_vis, record_linked, stored.has_avatar, stored.hidden), now
     )
     return own(session=session, crypto=crypto, member=member)
+
+
+UPLOADS = limits.Limit("avatar-upload", 20, 3600)  # decoding is the costly part: per account, per hour
+
+
+def count_upload(*, session: Session, crypto: CryptoContext, member: members.Member, now: datetime) -> None:
+    """Count one picture upload of `member` (RateLimited past `UPLOADS`). The faces call it in a
+    transaction of its own before `set_avatar`, so that an upload that fails to decode counts too."""
+    limits.take(
+        session=session,
+        limit=UPLOADS,
+        subject=limits.subject_token(crypto, kind="account", value=member.account_id),
+        now=now,
+    )
 
 
 def set_avatar(*, session: Session, crypto: CryptoContext, member: members.Member, data: bytes, now: datetime) -> None:

@@ -705,6 +705,10 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
             form = {"csrf": parts.get("csrf", b"").decode("utf-8", "replace")}
             pages.check_form(deps, request, form, token)
             try:
+                if parts.get("remove") != b"yes":
+                    # Its own transaction: an upload that fails to decode still counts.
+                    with unit_of_work(deps.factory) as session:
+                        profiles.count_upload(session=session, crypto=deps.crypto, member=me, now=_now())
                 with unit_of_work(deps.factory) as session:
                     if parts.get("remove") == b"yes":
                         profiles.remove_avatar(session=session, crypto=deps.crypto, member=me, now=_now())
@@ -712,6 +716,8 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
                         profiles.set_avatar(
                             session=session, crypto=deps.crypto, member=me, data=parts.get("picture", b""), now=_now()
                         )
+            except RateLimited as exc:
+                return refused_page(exc, reader)
             except CommunityError as exc:
                 return profile_form(
                     reader, me, message=_error_text(exc), status=403 if isinstance(exc, Forbidden) else 400
