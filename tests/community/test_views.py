@@ -92,3 +92,27 @@ def test_reading_many_distinct_items_raises_one_alert_per_account_per_hour(vault
         views.prune(session=session, before=NOW + timedelta(hours=2))
         assert session.execute(select(CommunitySeen)).first() is None
         assert session.execute(select(Alert.id)).all() != []
+
+
+def test_posts_shown_by_a_listing_count_toward_the_reading_alert_once_each(vault_env: Any) -> None:
+    # Review finding M5: listings were never counted, so 12,000 posts an hour raised no alert.
+    def listed(items: list[str]) -> Alert | None:
+        with unit_of_work(vault_env.factory) as session:
+            return views.count_listed(
+                session=session, crypto=vault_env.crypto, budget=BUDGET, account_id="acct-1", items=items, now=NOW
+            )
+
+    assert listed(["p1", "p2"]) is None  # two distinct: at the threshold (alert_reads=2)
+    assert listed(["p1", "p2"]) is None  # the same posts again are not new reads
+    assert _view(vault_env, "post", account="acct-1", address=None, item="p2") is None  # opened after listed: once
+    alert = listed(["p3"])
+    assert alert is not None
+    assert alert.kind == "community-reading"
+    with unit_of_work(vault_env.factory) as session:
+        assert len(session.execute(select(CommunitySeen)).scalars().all()) == 3
+        assert (
+            views.count_listed(
+                session=session, crypto=vault_env.crypto, budget=BUDGET, account_id=None, items=["p9"], now=NOW
+            )
+            is None
+        )  # signed out: no account to alert about

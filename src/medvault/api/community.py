@@ -97,14 +97,16 @@ def _error(exc: CommunityError) -> Response:
     return _json({"error": exc.code, "message": message, "field": exc.location}, status)
 
 
-def _post_json(post: posts.PostView) -> dict[str, Any]:
+def _post_json(post: posts.PostView, *, full: bool = True) -> dict[str, Any]:
+    """A post or reply; `full` False (listings): the title and snippet the HTML listing shows, not
+    the body, which only the single-post endpoint returns (and counts as a read)."""
     out: dict[str, Any] = {
         "id": post.id,
         "thread": post.thread_id,
         "type": "reply" if post.is_reply else post.kind,
         "audience": post.audience,
         "title": post.title or None,
-        "body": post.body,
+        **({"body": post.body} if full else {"snippet": post.snippet}),
         "author": post.author,
         "created": post.created,
         "updated": post.updated,
@@ -190,6 +192,20 @@ def install(app: FastAPI, deps: CommunityApiDeps) -> None:
     def confirm(doc: dict[str, Any]) -> bool:
         return doc.get("confirm") is True
 
+    def listed(who: Caller, items: list[str]) -> None:
+        # Its own transaction, like `counted`: the posts shown were read, whatever happens next.
+        if who.actor is None or who.via != "cookie":
+            return
+        with unit_of_work(deps.factory) as session:
+            views.count_listed(
+                session=session,
+                crypto=deps.crypto,
+                budget=budget,
+                account_id=who.actor.account_id,
+                items=items,
+                now=now(),
+            )
+
     def counted(request: Request, who: Caller, kind: views.ViewKind, item: str | None) -> None:
         with unit_of_work(deps.factory) as session:
             views.count_view(
@@ -234,12 +250,13 @@ def install(app: FastAPI, deps: CommunityApiDeps) -> None:
             counted(request, who, "listing", None)
             with unit_of_work(deps.factory) as session:
                 found = posts.listing(session=session, crypto=deps.crypto, actor=who.actor, me=who.me, page=number)
+            listed(who, [p.id for p in found.posts])
             return _json(
                 {
                     "total": found.total,
                     "page": found.page,
                     "pages": found.pages,
-                    "posts": [_post_json(p) for p in found.posts],
+                    "posts": [_post_json(p, full=False) for p in found.posts],
                 }
             )
 
@@ -344,7 +361,7 @@ def install(app: FastAPI, deps: CommunityApiDeps) -> None:
             if who.via == "cookie":
                 check_origin(request)
             with unit_of_work(deps.factory) as session:
-                posts.delete_item(session=session, member=me, item_id=item_id)
+                posts.delete_item(session=session, crypto=deps.crypto, member=me, item_id=item_id)
             return Response(status_code=204, headers=_HEADERS)
 
         return await threaded(work)

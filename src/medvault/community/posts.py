@@ -1,14 +1,19 @@
 """Posts, replies and their revisions (issue 5 item 2).
 
 A post is a question or a blog with an audience: members only (`audience.POST_DEFAULT`) or everyone.
-A reply has its post's audience: the reply rows carry a copy that changes in the same transaction
-as the post's, so narrowing a post narrows its replies at once (nothing is cached anywhere).
+A reply is written under its post's audience at that moment and keeps it: what is shown of a reply
+is the narrower of the post's and the reply's audience. Narrowing a post caps its replies' rows in
+the same transaction (so every face and every SQL filter sees the narrower one at once; nothing is
+cached anywhere); widening a post never widens a reply: its author agreed to the audience they
+wrote for, not to a wider one chosen later by someone else.
 
 Who sees an item is decided by `audience.may_see` for the caller's viewer (`members.viewer_of`),
-and by moderation: a hidden item is shown to its author only. Every function that returns content
-takes the caller (`actor`, `me`) and filters through that one decision; listing counts are counts of
-what the caller may see. An item the caller may not see and an item that does not exist raise the
-same NotFound, so a refusal confirms nothing.
+by moderation (a hidden item is shown to its author only) and by blocks: a member and someone
+they blocked, either way round, do not see each other's posts and replies (`messages.blocked_pairs`;
+docs/design-community.md). Every function that returns content takes the caller (`actor`, `me`)
+and filters through that one decision; listing counts are counts of what the caller may see. An
+item the caller may not see and an item that does not exist raise the same NotFound, so a refusal
+confirms nothing; reporting (moderation's `reportable_by`) and quoting answer by the same rule.
 
 Edits keep the previous text as a revision (author only). Deleting removes the item's row and all
 its revisions (SQLite overwrites freed pages: secure_delete; PostgreSQL's dead rows go at vacuum,
@@ -22,6 +27,7 @@ Research exports: `research_export` returns nothing of the community (decided by
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,9 +37,10 @@ from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from medvault.auth.accounts import Actor
-from medvault.community import members, moderation, review, sealing
+from medvault.community import members, messages, moderation, review, sealing
 from medvault.community.audience import POST_DEFAULT, VISIBILITIES, Viewer, Visibility, may_see, parse_visibility
 from medvault.community.errors import CommunityError, Forbidden, NotFound
+from medvault.crypto.errors import CryptoError
 from medvault.store.crypto_context import CryptoContext
 from medvault.store.models import CommunityMember, CommunityPost, CommunityRevision
 
@@ -67,6 +74,7 @@ BODY_MAX = 20_000
 SNIPPET = 200
 PAGE_SIZE = 20
 _TABLE = "community_post"
+_log = logging.getLogger(__name__)
 _REVISIONS = "community_revision"
 
 
@@ -170,17 +178,40 @@ def _owner_of(session: Session, author_id: str) -> bytes | None:
 
 
 def _open(session: Session, crypto: CryptoContext, row: CommunityPost) -> dict[str, str]:
+    """The item's text; NotFound (logged by id, never content) when its ciphertext does not open: a
+    tampered, swapped or orphaned row is "not available", not a 500 for every reader."""
     owner = _owner_of(session, row.author_id)
     if owner is None:
         raise NotFound("no such post")
-    doc = sealing.open_json(
-        session=session,
-        crypto=crypto,
-        owner=owner,
-        blob=row.sealed,
-        bound=sealing.aad(_TABLE, row.id, "sealed", row.revision),
-    )
+    try:
+        doc = sealing.open_json(
+            session=session,
+            crypto=crypto,
+            owner=owner,
+            blob=row.sealed,
+            bound=sealing.aad(_TABLE, row.id, "sealed", row.revision),
+        )
+    except CryptoError:
+        _log.warning("community item %s does not open (tampered or moved ciphertext); left out", row.id)
+        raise NotFound("no such post") from None
     return {"title": str(doc.get("title", "")), "body": str(doc.get("body", ""))}
+
+
+def _try_view(
+    session: Session,
+    crypto: CryptoContext,
+    row: CommunityPost,
+    viewer: Viewer,
+    *,
+    quote: Quote | None = None,
+    replies: int = 0,
+) -> PostView | None:
+    """`_view`, or None for an item that does not open (logged in `_open`): a listing or thread
+    leaves it out and shows the rest."""
+    try:
+        return _view(session, crypto, row, viewer, quote=quote, replies=replies)
+    except NotFound:
+        return None
 
 
 def _seal(
@@ -199,19 +230,32 @@ def _viewer(actor: Actor | None, me: members.Member | None, author_id: str) -> V
     return members.viewer_of(actor=actor, member=me, author_id=author_id)
 
 
-def _visible(row: CommunityPost, viewer: Viewer) -> bool:
-    """The one rule for a single item: the audience (may_see) and moderation (hidden: author only)."""
+def _blocked(session: Session, crypto: CryptoContext, me: members.Member | None) -> frozenset[str]:
+    """The members `me` blocked or was blocked by: their items are NotFound to `me`, and `me`'s to
+    them (only members block; a visitor or the operator has no blocks)."""
+    if me is None:
+        return frozenset()
+    return messages.blocked_pairs(session=session, crypto=crypto, member_id=me.id)
+
+
+def _visible(row: CommunityPost, viewer: Viewer, blocked: frozenset[str] = frozenset()) -> bool:
+    """The one rule for a single item: blocks, the audience (may_see) and moderation (hidden: author
+    only)."""
+    if row.author_id in blocked:
+        return False
     if row.hidden and viewer != "author":
         return False
     return may_see(visibility=row.audience, viewer=viewer)  # type: ignore[arg-type]
 
 
-def _filter(actor: Actor | None, me: members.Member | None) -> ColumnElement[bool]:
+def _filter(actor: Actor | None, me: members.Member | None, blocked: frozenset[str]) -> ColumnElement[bool]:
     """The same rule as SQL, for listings and counts: audiences that `may_see` allows this caller as
-    a non-author, not hidden; or the caller's own items."""
+    a non-author, not hidden, not by a blocked member; or the caller's own items."""
     base = _viewer(actor, me, author_id="")
     allowed = [v for v in VISIBILITIES if may_see(visibility=v, viewer=base)]
     others = and_(CommunityPost.audience.in_(allowed), CommunityPost.hidden.is_(False))
+    if blocked:
+        others = and_(others, CommunityPost.author_id.not_in(sorted(blocked)))
     if me is not None and base != "operator":
         return or_(others, CommunityPost.author_id == me.id)
     return others
@@ -319,18 +363,24 @@ def reply(
     confirm: bool,
     now: datetime,
 ) -> str:
-    """Reply to a post the member may see; the reply takes the post's audience. `quote_id`: the post
-    or an earlier reply of the same thread."""
+    """Reply to a post the member may see; the reply is written under the post's audience of now
+    and keeps it (a later widening of the post does not widen it). `quote_id`: the post or an
+    earlier reply of the same thread."""
     _writer(member, now)
+    blocked = _blocked(session, crypto, member)
     top = _row(session, post_id)
-    if top.thread_id is not None or not _visible(top, _viewer(actor, member, top.author_id)):
+    if top.thread_id is not None or not _visible(top, _viewer(actor, member, top.author_id), blocked):
         raise NotFound("no such post")
     if _viewer(actor, member, author_id="") not in ("member", "moderator"):
         raise Forbidden("only community members reply")
     if quote_id:
+        # The same answer for a missing id, an item of another thread and one this member may not
+        # see (blocked, hidden, narrowed): otherwise the error tells which ids exist elsewhere.
         quoted = _row(session, quote_id)
-        if top.id not in (quoted.id, quoted.thread_id):
-            raise CommunityError("a reply quotes the post or a reply of the same thread", location="quote")
+        if top.id not in (quoted.id, quoted.thread_id) or not _visible(
+            quoted, _viewer(actor, member, quoted.author_id), blocked
+        ):
+            raise NotFound("no such post")
     doc = {"title": "", "body": _check_text(body, limit=BODY_MAX, location="body")}
     review.review({"body": doc["body"]}, confirm=confirm)
     reply_id = _new_id()
@@ -365,8 +415,8 @@ def edit(
     confirm: bool,
     now: datetime,
 ) -> None:
-    """Change the author's own post or reply; the previous text becomes a revision. A new audience
-    (posts only) applies to the replies in the same transaction."""
+    """Change the author's own post or reply; the previous text becomes a revision. A narrower
+    audience (posts only) caps the replies in the same transaction; a wider one leaves them."""
     _writer(member, now)
     row = _own_row(session, member, item_id)
     current = _open(session, crypto, row)
@@ -403,20 +453,34 @@ def edit(
         row.updated = now
     if vis != row.audience:
         row.audience = vis
-        session.execute(update(CommunityPost).where(CommunityPost.thread_id == row.id).values(audience=vis))
+        # Narrowing caps the replies; widening leaves them as their authors wrote them.
+        wider = VISIBILITIES[VISIBILITIES.index(vis) + 1 :]
+        session.execute(
+            update(CommunityPost)
+            .where(CommunityPost.thread_id == row.id, CommunityPost.audience.in_(wider))
+            .values(audience=vis)
+        )
     session.flush()
 
 
-def delete_item(*, session: Session, member: members.Member, item_id: str) -> None:
+def delete_item(*, session: Session, crypto: CryptoContext, member: members.Member, item_id: str) -> None:
     """Delete the author's own post or reply and all its revisions. Replies to a post stay (their
-    authors' words) with the post shown as removed; quotes of it show "removed"."""
+    authors' words) with the post shown as removed; quotes of it show "removed". Reports of it
+    lose their snapshots (keys destroyed) and open ones close as "content deleted": a report must
+    not be the copy that outlives a deletion."""
     row = _own_row(session, member, item_id)
+    kind = "reply" if row.thread_id is not None else "post"
+    # Revisions share the item's id: its reports are the revisions' reports too.
+    moderation.forget_content(session=session, crypto=crypto, kind=kind, content_id=row.id)  # type: ignore[attr-defined, unused-ignore]
     session.execute(delete(CommunityRevision).where(CommunityRevision.post_id == row.id))
     session.execute(delete(CommunityPost).where(CommunityPost.id == row.id))
 
 
 def delete_all_of(*, session: Session, crypto: CryptoContext, member: members.Member) -> None:
-    """Everything the member wrote, with its revisions (account deletion)."""
+    """Everything the member wrote, with its revisions (account deletion). Reports of it are not
+    forgotten here: open reports about a leaving member stay open until judged, so deleting the
+    account is no way out of a report (review finding M2; `moderation.delete_member` handles them)
+    and the member's key, destroyed with the account, already makes every row of theirs unreadable."""
     mine = select(CommunityPost.id).where(CommunityPost.author_id == member.id)
     session.execute(delete(CommunityRevision).where(CommunityRevision.post_id.in_(mine)))
     session.execute(delete(CommunityPost).where(CommunityPost.author_id == member.id))
@@ -436,7 +500,8 @@ def listing(
     author: str | None = None,
 ) -> Listing:
     """Posts (not replies) this caller may see, newest first; `author`: one member's only."""
-    visible = _filter(actor, me)
+    blocked = _blocked(session, crypto, me)
+    visible = _filter(actor, me, blocked)
     where = [CommunityPost.thread_id.is_(None), visible]
     if author is not None:
         where.append(CommunityPost.author_id == author)
@@ -457,26 +522,36 @@ def listing(
     out = []
     for row in rows:
         viewer = _viewer(actor, me, row.author_id)
-        if not _visible(row, viewer):  # the SQL filter and the one decision must agree
+        if not _visible(row, viewer, blocked):  # the SQL filter and the one decision must agree
             continue
         count = int(
             session.execute(
                 select(func.count()).select_from(CommunityPost).where(CommunityPost.thread_id == row.id, visible)
             ).scalar_one()
         )
-        out.append(_view(session, crypto, row, viewer, replies=count))
+        shown = _try_view(session, crypto, row, viewer, replies=count)
+        if shown is not None:
+            out.append(shown)
     return Listing(out, total, page, pages)
 
 
 def _quote(
-    session: Session, crypto: CryptoContext, row: CommunityPost, actor: Actor | None, me: members.Member | None
+    session: Session,
+    crypto: CryptoContext,
+    row: CommunityPost,
+    actor: Actor | None,
+    me: members.Member | None,
+    blocked: frozenset[str],
 ) -> Quote | None:
     if row.quote_id is None:
         return None
     quoted = session.get(CommunityPost, row.quote_id)
-    if quoted is None or not _visible(quoted, _viewer(actor, me, quoted.author_id)):
+    if quoted is None or not _visible(quoted, _viewer(actor, me, quoted.author_id), blocked):
         return Quote(id=row.quote_id, removed=True)
-    text = _open(session, crypto, quoted)["body"]
+    try:
+        text = _open(session, crypto, quoted)["body"]
+    except NotFound:
+        return Quote(id=row.quote_id, removed=True)
     return Quote(id=quoted.id, removed=False, author=quoted.author_id, excerpt=text[:SNIPPET])
 
 
@@ -489,25 +564,28 @@ def thread(
     top = session.get(CommunityPost, post_id)
     if top is not None and top.thread_id is not None:
         raise NotFound("no such post")
+    blocked = _blocked(session, crypto, me)
     post = None
     if top is not None:
         viewer = _viewer(actor, me, top.author_id)
-        if not _visible(top, viewer):
+        if not _visible(top, viewer, blocked):
             raise NotFound("no such post")
         post = _view(session, crypto, top, viewer)
     rows = (
         session.execute(
             select(CommunityPost)
-            .where(CommunityPost.thread_id == post_id, _filter(actor, me))
+            .where(CommunityPost.thread_id == post_id, _filter(actor, me, blocked))
             .order_by(CommunityPost.created, CommunityPost.id)
         )
         .scalars()
         .all()
     )
     replies = [
-        _view(session, crypto, r, v, quote=_quote(session, crypto, r, actor, me))
+        shown
         for r in rows
-        if _visible(r, v := _viewer(actor, me, r.author_id))
+        if _visible(r, v := _viewer(actor, me, r.author_id), blocked)
+        and (shown := _try_view(session, crypto, r, v, quote=_quote(session, crypto, r, actor, me, blocked)))
+        is not None
     ]
     if post is None and not replies:
         raise NotFound("no such post")
@@ -528,13 +606,17 @@ def history(*, session: Session, crypto: CryptoContext, member: members.Member, 
     ).scalars()
     out = []
     for rev in found:
-        doc = sealing.open_json(
-            session=session,
-            crypto=crypto,
-            owner=member.key_owner,
-            blob=rev.sealed,
-            bound=sealing.aad(_REVISIONS, row.id, "sealed", rev.number),
-        )
+        try:
+            doc = sealing.open_json(
+                session=session,
+                crypto=crypto,
+                owner=member.key_owner,
+                blob=rev.sealed,
+                bound=sealing.aad(_REVISIONS, row.id, "sealed", rev.number),
+            )
+        except CryptoError:
+            _log.warning("community revision %s/%s does not open; left out", row.id, rev.number)
+            continue
         out.append(Revision(rev.number, rev.created, str(doc.get("title", "")), str(doc.get("body", ""))))
     return out
 
@@ -553,7 +635,10 @@ def research_export(*, session: Session, crypto: CryptoContext) -> list[dict[str
     ).scalars()
     out = []
     for row in rows:
-        doc = _open(session, crypto, row)
+        try:
+            doc = _open(session, crypto, row)
+        except NotFound:
+            continue
         out.append({"kind": row.kind, "title": doc["title"], "body": doc["body"]})
     return out
 
@@ -593,8 +678,32 @@ class _PostKind:
         return author_of(session=session, crypto=crypto, content_id=content_id)
 
 
-moderation.register_kind("post", _PostKind())
-moderation.register_kind("reply", _PostKind())
+def _reportable(kind: Literal["post", "reply"]) -> moderation.ReportableBy:
+    """Who may report an item: only a member who may read it now, by the very decision reading
+    uses (`thread`), so that a report neither pulls in text the reporter may not see (narrowed,
+    hidden, blocked) nor tells an existing id from a missing one."""
+
+    def reportable_by(*, session: Session, crypto: CryptoContext, content_id: str, reporter_id: str) -> bool:
+        try:
+            reporter = members.by_id(session=session, member_id=reporter_id)
+            row = _row(session, content_id)
+            if (row.thread_id is None) != (kind == "post"):
+                return False
+            # Moderators see what members see (audience.may_see): a reporter reads as a member.
+            as_member = Actor(account_id=reporter.account_id, role="patient")
+            found = thread(
+                session=session, crypto=crypto, actor=as_member, me=reporter, post_id=row.thread_id or row.id
+            )
+        except NotFound:
+            return False
+        shown = {r.id for r in found.replies} | ({found.post.id} if found.post else set())
+        return content_id in shown
+
+    return reportable_by
+
+
+moderation.register_kind("post", _PostKind(), reportable_by=_reportable("post"))
+moderation.register_kind("reply", _PostKind(), reportable_by=_reportable("reply"))
 
 
 # -- your data ----------------------------------------------------------------------------------
@@ -607,9 +716,13 @@ def export(*, session: Session, crypto: CryptoContext, member: members.Member) -
         .where(CommunityPost.author_id == member.id)
         .order_by(CommunityPost.created, CommunityPost.id)
     ).scalars()
-    out = []
+    out: list[dict[str, Any]] = []
     for row in rows:
-        doc = _open(session, crypto, row)
+        try:
+            doc = _open(session, crypto, row)
+        except NotFound:  # does not open (logged): the export says so instead of failing whole
+            out.append({"id": row.id, "unreadable": True})
+            continue
         out.append(
             {
                 "id": row.id,

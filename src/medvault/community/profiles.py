@@ -21,6 +21,7 @@ both under the member's own data key.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,10 +32,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from medvault.auth.accounts import Actor
-from medvault.community import members, moderation, review, sealing
+from medvault.community import limits, members, messages, moderation, review, sealing
 from medvault.community.audience import PROFILE_DEFAULT, Visibility, may_see, parse_visibility
 from medvault.community.errors import CommunityError, Forbidden, NotFound
 from medvault.community.images import clean_image
+from medvault.crypto.errors import CryptoError
 from medvault.store.crypto_context import CryptoContext
 from medvault.store.models import CommunityProfile
 
@@ -79,6 +81,7 @@ AGE_BANDS = ("under 18", "18-29", "30-39", "40-49", "50-59", "60-69", "70-79", "
 _POSTCODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 -]{0,11}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _TABLE = "community_profile"
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -152,13 +155,19 @@ def _load(session: Session, crypto: CryptoContext, member: members.Member) -> tu
     row = session.get(CommunityProfile, member.id)
     if row is None:
         return None, _blank()
-    doc = sealing.open_json(
-        session=session,
-        crypto=crypto,
-        owner=member.key_owner,
-        blob=row.sealed,
-        bound=sealing.aad(_TABLE, member.id, "sealed"),
-    )
+    try:
+        doc = sealing.open_json(
+            session=session,
+            crypto=crypto,
+            owner=member.key_owner,
+            blob=row.sealed,
+            bound=sealing.aad(_TABLE, member.id, "sealed"),
+        )
+    except CryptoError:
+        # A tampered or swapped blob: show nothing of it (every field is then only-me by default)
+        # rather than a 500; the owner's next save writes a fresh one.
+        _log.warning("community profile %s does not open; shown empty", member.id)
+        return row, _Stored({}, {}, False, row.picture is not None, bool(row.hidden))
     visibility: dict[str, Visibility] = {}
     for name, vis in dict(doc.get("vis", {})).items():
         if name in FIELDS and vis in ("only-me", "members", "everyone"):
@@ -206,7 +215,8 @@ def _clean(name: str, raw: str) -> str:
     if name == "birth":
         if value in AGE_BANDS:
             return value
-        if not (value.isdigit() and len(value) == 4 and 1900 <= int(value) <= 2100):
+        # ASCII digits only: "¹⁹⁹⁰" is isdigit() but not int()-able.
+        if not (value.isascii() and value.isdigit() and len(value) == 4 and 1900 <= int(value) <= 2100):
             raise CommunityError("a birth year (four digits) or an age band", location=name)
     elif name == "sex":
         if value not in dict(SEX_CHOICES):
@@ -239,12 +249,15 @@ def view(
     *, session: Session, crypto: CryptoContext, actor: Actor | None, me: members.Member | None, handle: str
 ) -> Profile:
     """The profile with public handle `handle`, in the shape for this caller. NotFound for an unknown
-    handle, a hidden profile (except to its owner), and for a visitor or the operator when nothing
+    handle, a hidden profile (except to its owner), a member `me` blocked or who blocked `me`
+    (either way round: they do not see each other), and for a visitor or the operator when nothing
     of it is public (a visitor learns nothing, not even that the member exists)."""
     member = members.by_id(session=session, member_id=handle)
     viewer = members.viewer_of(actor=actor, member=me, author_id=member.id)
     if viewer == "author":
         return own(session=session, crypto=crypto, member=member)
+    if me is not None and member.id in messages.blocked_pairs(session=session, crypto=crypto, member_id=me.id):
+        raise NotFound("no such member")
     _row, stored = _load(session, crypto, member)
     if stored.hidden or viewer == "research":
         raise NotFound("no such member")
@@ -315,6 +328,20 @@ def update(
     return own(session=session, crypto=crypto, member=member)
 
 
+UPLOADS = limits.Limit("avatar-upload", 20, 3600)  # decoding is the costly part: per account, per hour
+
+
+def count_upload(*, session: Session, crypto: CryptoContext, member: members.Member, now: datetime) -> None:
+    """Count one picture upload of `member` (RateLimited past `UPLOADS`). The faces call it in a
+    transaction of its own before `set_avatar`, so that an upload that fails to decode counts too."""
+    limits.take(
+        session=session,
+        limit=UPLOADS,
+        subject=limits.subject_token(crypto, kind="account", value=member.account_id),
+        now=now,
+    )
+
+
 def set_avatar(*, session: Session, crypto: CryptoContext, member: members.Member, data: bytes, now: datetime) -> None:
     """Store a cleaned copy of the image (see images.clean_image), sealed like the profile."""
     _writer(member, now)
@@ -350,13 +377,17 @@ def avatar(
     member = members.by_id(session=session, member_id=handle)
     if row is None or row.picture is None:
         raise NotFound("no such picture")
-    return sealing.open_raw(
-        session=session,
-        crypto=crypto,
-        owner=member.key_owner,
-        blob=row.picture,
-        bound=sealing.aad(_TABLE, handle, "picture"),
-    )
+    try:
+        return sealing.open_raw(
+            session=session,
+            crypto=crypto,
+            owner=member.key_owner,
+            blob=row.picture,
+            bound=sealing.aad(_TABLE, handle, "picture"),
+        )
+    except CryptoError:
+        _log.warning("community picture %s does not open", handle)
+        raise NotFound("no such picture") from None
 
 
 def suggestions_from_record(patient: dict[str, Any]) -> dict[str, str]:
@@ -412,7 +443,20 @@ class _ProfileKind:
         return author_of(session=session, crypto=crypto, content_id=content_id)
 
 
-moderation.register_kind("profile", _ProfileKind())
+def _reportable_by(*, session: Session, crypto: CryptoContext, content_id: str, reporter_id: str) -> bool:
+    """A member may report a profile they may view now (`view`, the same decision as reading): a
+    hidden or blocked one is NotFound to them, like a missing handle."""
+    try:
+        reporter = members.by_id(session=session, member_id=reporter_id)
+        # Moderators see what members see (audience.may_see): a reporter reads as a member.
+        as_member = Actor(account_id=reporter.account_id, role="patient")
+        view(session=session, crypto=crypto, actor=as_member, me=reporter, handle=content_id)
+    except NotFound:
+        return False
+    return True
+
+
+moderation.register_kind("profile", _ProfileKind(), reportable_by=_reportable_by)
 
 
 # -- your data ----------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """Scraping guard (issue 5 item 8): how much of the community one account or one address may read.
 
-Every listing page and every profile view is counted per account (when signed in) and per client
+Every listing page, every profile view and every profile picture is counted per account (when signed in) and per client
 address, in fixed one-hour windows (`limits.take`, in the request's own transaction); past a limit
 the request is refused with `RateLimited` (the faces answer 429 with Retry-After). Separately, each
 distinct profile or post an account reads in an hour is remembered as a keyed token; past
 `alert_reads` distinct items the privacy officer gets one "community-reading" alert per account per
 hour (audit/alerts.py), fixed text, naming the account only. Signed-out readers are limited per
-address (an address is not a person, so no alert names it).
+address (an address is not a person, so no alert names it). The posts a listing returns count as
+read (`count_listed`): a listing page shows their titles and openings, so paging through listings
+is reading them, and one post listed and then opened counts once.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from medvault.config import Settings
 from medvault.store.crypto_context import CryptoContext
 from medvault.store.models import Alert, CommunitySeen
 
-__all__ = ["Budget", "count_view"]
+__all__ = ["Budget", "count_listed", "count_view"]
 
 HOUR = 3600
-ViewKind = Literal["listing", "profile", "post"]
+ViewKind = Literal["listing", "profile", "post", "picture"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,14 @@ class Budget:
 
 
 def _limits(budget: Budget, kind: ViewKind) -> tuple[limits.Limit, limits.Limit]:
-    # A post page is a page of reading like a listing page: one budget for both.
+    # A post page is a page of reading like a listing page: one budget for both. A profile picture
+    # has a budget of its own as large as the profiles' (each profile page shows one), so that
+    # fetching pictures alone is limited too and a profile visit is not counted twice.
+    if kind == "picture":
+        return (
+            limits.Limit("picture-view-account", budget.profile_account, HOUR),
+            limits.Limit("picture-view-address", budget.profile_address, HOUR),
+        )
     if kind == "profile":
         return (
             limits.Limit("profile-view-account", budget.profile_account, HOUR),
@@ -104,8 +113,40 @@ def count_view(
     limits.take(session=session, limit=per_account, subject=subject, now=now)
     if item is None or kind == "listing":
         return None
-    token = crypto.indexer.search_token(b"community-seen", "CommunitySeen", kind, item)[:16]
-    distinct = _remember(session, subject, alerts.hour_of(now), token)
+    # A member's picture and profile are one member read: one distinct item toward the alert.
+    return _seen(session, crypto, budget, account_id, "profile" if kind == "picture" else kind, [item], now)
+
+
+def count_listed(
+    *,
+    session: Session,
+    crypto: CryptoContext,
+    budget: Budget,
+    account_id: str | None,
+    items: list[str],
+    now: datetime,
+) -> Alert | None:
+    """Remember the posts a listing showed an account (their titles and openings were read) toward
+    the reading alert, as if each had been opened; the alert past the threshold (returned)."""
+    if account_id is None or not items:
+        return None
+    return _seen(session, crypto, budget, account_id, "post", items, now)
+
+
+def _seen(
+    session: Session,
+    crypto: CryptoContext,
+    budget: Budget,
+    account_id: str,
+    kind: ViewKind,
+    items: list[str],
+    now: datetime,
+) -> Alert | None:
+    subject = limits.subject_token(crypto, kind="account", value=account_id)
+    distinct = 0
+    for item in items:
+        token = crypto.indexer.search_token(b"community-seen", "CommunitySeen", kind, item)[:16]
+        distinct = _remember(session, subject, alerts.hour_of(now), token)
     if distinct <= budget.alert_reads:
         return None
     return alerts.raise_hourly(session=session, kind="community-reading", account_id=account_id, now=now)
