@@ -72,33 +72,3 @@ def raw_bytes(env: Any) -> bytes:
                         out += str(value).encode()
                     out += b"\x00"
     return bytes(out)
-
-
-def forget_content_shim(monkeypatch: Any) -> None:
-    """A stand-in for `moderation.forget_content` while this branch lacks it (fix-community-b adds
-    it; the lead merges both): destroy the item's report snapshots' keys and close open reports as
-    "content-deleted". Does nothing once the real function is there."""
-    from sqlalchemy.orm import Session
-
-    from medvault.community import moderation
-    from medvault.store.models import CommunityReport
-
-    if hasattr(moderation, "forget_content"):
-        return
-
-    def forget_content(*, session: Session, crypto: Any, kind: str, content_id: str) -> int:
-        rows = session.execute(
-            select(CommunityReport).where(CommunityReport.kind == kind, CommunityReport.content_id == content_id)
-        ).scalars()
-        shredded = 0
-        for row in rows:
-            if row.state == "open":
-                row.state = "content-deleted"
-            if row.sealed is not None:
-                crypto.destroy_data_key(session, purpose="identity", owner=row.key_owner)
-                row.sealed = None
-                shredded += 1
-        session.flush()
-        return shredded
-
-    monkeypatch.setattr(moderation, "forget_content", forget_content, raising=False)

@@ -15,14 +15,9 @@ from medvault.community import members, posts, review
 from medvault.community.errors import CommunityError, Forbidden, NotFound
 from medvault.db import unit_of_work
 from medvault.store.models import CommunityMember, CommunityPost, CommunityRevision
-from tests.community.support import NOW, forget_content_shim, new_member, raw_bytes
+from tests.community.support import NOW, new_member, raw_bytes
 
 OPERATOR = Actor(account_id="f" * 32, role="admin")
-
-
-@pytest.fixture(autouse=True)
-def _forget_content(monkeypatch: pytest.MonkeyPatch) -> None:
-    forget_content_shim(monkeypatch)  # until fix-community-b's moderation.forget_content is merged
 
 
 def _post(

@@ -10,18 +10,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.community.support import forget_content_shim
 from tests.web.community_support import FORM, Site, site
 
 
 @pytest.fixture
 def csite(vault_env: Any) -> Iterator[Site]:
     yield from site(vault_env)
-
-
-@pytest.fixture(autouse=True)
-def _forget_content(monkeypatch: pytest.MonkeyPatch) -> None:
-    forget_content_shim(monkeypatch)  # until fix-community-b's moderation.forget_content is merged
 
 
 def _publish(s: Site, who: str, **fields: str) -> str:

@@ -337,7 +337,7 @@ def count_upload(*, session: Session, crypto: CryptoContext, member: members.Mem
     limits.take(
         session=session,
         limit=UPLOADS,
-        subject=limits.subject_token(crypto, kind="account", value=member.account_id),
+        subject=limits.subject_token(crypto, kind="account", value=member.account()),
         now=now,
     )
 
@@ -449,7 +449,8 @@ def _reportable_by(*, session: Session, crypto: CryptoContext, content_id: str, 
     try:
         reporter = members.by_id(session=session, member_id=reporter_id)
         # Moderators see what members see (audience.may_see): a reporter reads as a member.
-        as_member = Actor(account_id=reporter.account_id, role="patient")
+        # Only the visibility decision reads this actor; the account id plays no part in it.
+        as_member = Actor(account_id=reporter.account_token.hex()[:32], role="patient")
         view(session=session, crypto=crypto, actor=as_member, me=reporter, handle=content_id)
     except NotFound:
         return False
