@@ -244,8 +244,9 @@ def main() -> None:
                 return samples, errors, time.perf_counter() - start
 
             wave(args.warmup, 10_000)
-            log = data_dir / "logs" / "medvault.log"
-            skip = len(log.read_text().splitlines())
+            # One file per server process with --workers (medvault.<pid>.log), else medvault.log.
+            logs_dir = data_dir / "logs"
+            skip = {p: len(p.read_text().splitlines()) for p in logs_dir.glob("medvault*.log")}
             print(f"   machine   {wait_for_quiet(args.quiet_busy, args.quiet_wait)}", flush=True)
             server_cpu0, client_cpu0 = cpu_seconds(proc.pid), own_cpu_seconds()
             client, errors, elapsed = wave(args.rounds, 0)
@@ -259,7 +260,10 @@ def main() -> None:
                 proc.wait(10)
         per_route: dict[str, list[float]] = {"/shl/m/{link_id}": [], "/shl/f/{token}": []}
         statuses: dict[str, int] = {}
-        for line in log.read_text().splitlines()[skip:]:
+        new_lines = [
+            line for p in logs_dir.glob("medvault*.log") for line in p.read_text().splitlines()[skip.get(p, 0) :]
+        ]
+        for line in new_lines:
             m = _LINE.search(line)
             if m:
                 per_route[m.group(2)].append(float(m.group(4)))

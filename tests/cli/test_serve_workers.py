@@ -78,6 +78,9 @@ def test_two_workers_serve_one_port(tmp_path: Path) -> None:
         # A worker still starting holds its accepted connections until it is ready: wait for them.
         assert [_get(port, "/fhir/metadata", timeout=60) for _ in range(20)] == [200] * 20
         assert _get(port, "/fhir/Patient", timeout=60) == 401  # the guard holds in every worker
+        # Each worker logs to a file of its own (one rotating file shared by processes loses lines).
+        logged = {p.name for p in (data / "logs").glob("medvault.*.log")}
+        assert {f"medvault.{pid}.log" for pid in workers} & logged
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

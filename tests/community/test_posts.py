@@ -477,7 +477,9 @@ def test_deleting_an_item_shreds_the_snapshots_of_its_reports(vault_env: Any) ->
         assert rows[kept].sealed is not None  # other items' reports untouched
         assert rows[post_id].id == first
         queued = repr(
-            moderation.queue(session=session, crypto=vault_env.crypto, actor=mod_actor, states=moderation.STATES)
+            moderation.queue(
+                session=session, crypto=vault_env.crypto, actor=mod_actor, states=moderation.STATES, now=NOW
+            )
         )
     assert "Regret" not in queued
     assert "Kept-body" in queued

@@ -138,3 +138,21 @@ def test_a_failure_after_commit_is_raised_after_its_writes_are_kept(vault_env: A
 
     with vault_env.factory() as s:
         assert s.execute(select(func.count()).select_from(ShlLocation)).scalar_one() == 0
+
+
+def test_a_work_item_cannot_start_another_write(vault_env: Any) -> None:
+    # On the writer thread, a nested write would wait on itself forever: it fails at once instead.
+    outcome: list[BaseException | str] = []
+
+    def on_the_writer_thread() -> None:
+        try:
+            outcome.append(links._write(vault_env.factory, lambda _s: "inner"))
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=on_the_writer_thread, name=links._WRITER_THREAD)
+    thread.start()
+    thread.join()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], RuntimeError)
+    assert links._write(vault_env.factory, lambda _s: "outer") == "outer"  # elsewhere it works

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -121,3 +122,43 @@ def test_cli_reads_a_document_and_lists_the_broken_rules(tmp_path: Path) -> None
     result = runner.invoke(app, ["emergency", "read", str(tmp_path / "missing.json")])
     assert result.exit_code == 1
     assert "cannot read missing.json" in result.output
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda c, r: c.update(section=5),
+        lambda c, r: c["section"][0].update(entry=7),
+        lambda c, r: c["section"][0].update(code={"coding": 1}),
+        lambda c, r: c["section"][0].update(emptyReason={"coding": True}),
+        lambda c, r: r.update(code={"coding": 1}),
+        lambda c, r: r.update(code=None, name=[{"given": 4, "family": 3}]),
+        lambda c, r: r.update(resourceType="Patient", code=None, contact=9),
+        lambda c, r: c["section"].append("not a section"),
+    ],
+)
+def test_misplaced_numbers_and_booleans_are_read_around_not_refused(spoil: Any) -> None:
+    allergy = {"resourceType": "AllergyIntolerance", "code": {"text": "Penicillin"}}
+    other = {"resourceType": "Condition", "code": {"text": "Asthma"}}
+    composition = {
+        "resourceType": "Composition",
+        "section": [
+            {"title": "Problems", "entry": [{"reference": "urn:uuid:o"}]},
+            {"title": "Allergies", "entry": [{"reference": "urn:uuid:a"}]},
+        ],
+    }
+    spoil(composition, other)
+    doc = {
+        "resourceType": "Bundle",
+        "type": "document",
+        "entry": [
+            {"fullUrl": "urn:uuid:c", "resource": composition},
+            {"fullUrl": "urn:uuid:a", "resource": allergy},
+            {"fullUrl": "urn:uuid:o", "resource": other},
+        ],
+    }
+    loaded = ips.read(doc)  # never a TypeError: the rest of the document still shows
+    assert not loaded.conformant
+    shown = [i for s in loaded.sections for i in s.items]
+    if isinstance(composition["section"], list):
+        assert "Penicillin" in shown

@@ -102,8 +102,8 @@ class AppState:
 BEARER_KEY = "medvault.bearer"  # where the guard leaves the resolved token for the handler
 
 
-def create_app(settings: Settings) -> FastAPI:
-    logs.setup(settings.log_path)
+def create_app(settings: Settings, *, per_process_log: bool = False) -> FastAPI:
+    logs.setup(settings.log_path, per_process=per_process_log)
     engine = make_engine(settings)
     migrate.upgrade(engine, keys_path=settings.keys_path)
     factory = make_sessionmaker(engine)
@@ -142,7 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
 def create_app_from_environment() -> FastAPI:
     """The app of one server process among several (`medvault serve --workers N`): settings from
     the MEDVAULT_* environment the parent set."""
-    return create_app(load_settings())
+    return create_app(load_settings(), per_process_log=True)
 
 
 # /fhir (in any letter case) needs a live access token (a SMART app's, or an operator token from

@@ -228,7 +228,8 @@ def _serve(settings: Settings, host: str, port: int, *, workers: int = 1) -> Non
         uvicorn.run(create_app(settings), proxy_headers=False, **options)
         return
     # Several processes: each builds its app from the same settings, passed by environment (the
-    # only channel uvicorn's workers have). Migrations run here, once, before any worker starts.
+    # only channel uvicorn's workers have), and logs to its own medvault.<pid>.log. Migrations run
+    # here before any worker starts, so each worker's own upgrade finds nothing to do.
     engine = make_engine(settings)
     try:
         migrate.upgrade(engine, keys_path=settings.keys_path)

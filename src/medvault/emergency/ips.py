@@ -53,15 +53,20 @@ class LoadedIps:
         return not self.conformance
 
 
+def _list(value: Any) -> list[Any]:
+    """A JSON array, or nothing: vendors put numbers, booleans or objects where arrays belong."""
+    return value if isinstance(value, list) else []
+
+
 def _concept_text(concept: Any) -> str:
     if not isinstance(concept, dict):
         return ""
     if isinstance(concept.get("text"), str) and concept["text"].strip():
         return str(concept["text"])
-    for coding in concept.get("coding") or []:
+    for coding in _list(concept.get("coding")):
         if isinstance(coding, dict) and isinstance(coding.get("display"), str):
             return str(coding["display"])
-    for coding in concept.get("coding") or []:
+    for coding in _list(concept.get("coding")):
         if isinstance(coding, dict) and isinstance(coding.get("code"), str):
             return str(coding["code"])
     return ""
@@ -74,7 +79,7 @@ def _name_text(name: Any) -> str:
         first = name[0]
         if isinstance(first.get("text"), str):
             return str(first["text"])
-        given = [g for g in first.get("given") or [] if isinstance(g, str)]
+        given = [g for g in _list(first.get("given")) if isinstance(g, str)]
         family = str(first["family"]) if isinstance(first.get("family"), str) else ""
         return " ".join([*given, family]).strip()
     return ""
@@ -91,7 +96,7 @@ def item_text(res: Any) -> str:
             return text
     if rtype == "Patient":
         contacts = []
-        for c in res.get("contact") or []:
+        for c in _list(res.get("contact")):
             contacts.append(_name_text([c.get("name")] if isinstance(c, dict) else None) or "contact")
         return "Contacts: " + ", ".join(contacts) if contacts else "Patient"
     ref = res.get("medicationReference")
@@ -128,11 +133,11 @@ def _resolve(index: dict[str, Any], reference: Any) -> Any:
 
 def _sections(composition: dict[str, Any], index: dict[str, Any]) -> list[IpsSection]:
     out = []
-    for section in composition.get("section") or []:
+    for section in _list(composition.get("section")):
         if not isinstance(section, dict):
             continue
         items = []
-        for ref in section.get("entry") or []:
+        for ref in _list(section.get("entry")):
             target = _resolve(index, ref)
             if target is not None:
                 items.append(item_text(target))
@@ -143,7 +148,7 @@ def _sections(composition: dict[str, Any], index: dict[str, Any]) -> list[IpsSec
         code = section.get("code")
         loinc = None
         if isinstance(code, dict):
-            for coding in code.get("coding") or []:
+            for coding in _list(code.get("coding")):
                 if isinstance(coding, dict) and isinstance(coding.get("code"), str):
                     loinc = str(coding["code"])
                     break

@@ -867,7 +867,7 @@ class _GroupWriter:
     def __init__(self, factory: sessionmaker[Session]) -> None:
         self._factory = factory
         self._queue: queue.SimpleQueue[_Work[Any]] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="medvault-shl-writer", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=_WRITER_THREAD, daemon=True)
         self._thread.start()
 
     def submit(self, work: _Work[Any]) -> None:
@@ -910,6 +910,7 @@ class _GroupWriter:
 _writers: dict[sessionmaker[Session], _GroupWriter] = {}
 _writers_lock = threading.Lock()
 _IDLE_SECONDS = 30.0
+_WRITER_THREAD = "medvault-shl-writer"
 
 
 def _write(factory: sessionmaker[Session], fn: Callable[[Session], _T | _RaiseAfterCommit]) -> _T:
@@ -917,6 +918,9 @@ def _write(factory: sessionmaker[Session], fn: Callable[[Session], _T | _RaiseAf
     its own transaction on PostgreSQL (row locks; concurrent writers scale there)."""
     bind = factory.kw.get("bind")
     result: _T | _RaiseAfterCommit
+    if threading.current_thread().name == _WRITER_THREAD:
+        # A work item waiting on its own writer would wait forever: a programming error.
+        raise RuntimeError("a responder work item must not start another responder write")
     if bind is not None and bind.dialect.name == "sqlite":
         work: _Work[_T | _RaiseAfterCommit] = _Work(fn)
         with _writers_lock:
