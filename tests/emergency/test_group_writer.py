@@ -156,3 +156,51 @@ def test_a_work_item_cannot_start_another_write(vault_env: Any) -> None:
     assert len(outcome) == 1
     assert isinstance(outcome[0], RuntimeError)
     assert links._write(vault_env.factory, lambda _s: "outer") == "outer"  # elsewhere it works
+
+
+def test_refused_openings_of_real_links_are_in_the_patients_log(vault_env: Any, person: Person) -> None:
+    """Every opening appears, whatever its outcome: paused, revoked, expired and spent links answer
+    the same 404 as an unknown id, and the attempt is logged with its reason."""
+    from tests.emergency.links_support import FAST_HASHER, PASSCODE
+
+    def status(issued: links.IssuedLink, value: str) -> None:
+        links.set_status(
+            factory=vault_env.factory,
+            crypto=vault_env.crypto,
+            caller=person.caller,
+            patient_id=person.patient_id,
+            link_id=issued.link_id,
+            status=value,  # type: ignore[arg-type]
+        )
+
+    paused, revoked = _create(vault_env, person), _create(vault_env, person, purpose="sharing")
+    expiring = _create(vault_env, person, purpose="sharing", expires=NOW + timedelta(days=1))
+    spent = _create(vault_env, person, purpose="sharing", passcode=PASSCODE, budget=1)
+    status(paused, "paused")
+    status(revoked, "revoked")
+    from medvault.emergency.errors import ShlPasscodeError
+
+    with pytest.raises(ShlPasscodeError):
+        _manifest(vault_env, spent, passcode="wrong")
+    before = len(_log(vault_env, person))
+    for issued, kw in (
+        (paused, {}),
+        (revoked, {}),
+        (expiring, {"now": NOW + timedelta(days=2)}),
+        (spent, {"passcode": PASSCODE}),
+    ):
+        with pytest.raises(ShlUnavailable):
+            _manifest(vault_env, issued, **kw)
+    with pytest.raises(ShlUnavailable):
+        links.open_manifest(
+            factory=vault_env.factory,
+            crypto=vault_env.crypto,
+            hasher=FAST_HASHER,
+            link_id="A" * 43,
+            recipient="Nobody",
+            base_url="http://127.0.0.1",
+        )
+    events = _log(vault_env, person)
+    assert len(events) == before + 4  # the unknown id has no patient to tell
+    assert sorted(e["outcomeDesc"] for e in events[:4]) == ["attempts-spent", "expired", "paused", "revoked"]
+    assert all(e["outcome"] == "4" for e in events[:4])

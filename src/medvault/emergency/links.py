@@ -953,6 +953,52 @@ def _live(row: _Served | None, now: datetime) -> _Served:
     return row
 
 
+def _why_unavailable(row: _Served, now: datetime) -> str | None:
+    if row.status != "active":
+        return str(row.status)  # paused | revoked
+    if row.file_jwe is None:
+        return "revoked"
+    if row.expires is not None and row.expires <= now:
+        return "expired"
+    if row.passcode_hash is not None and row.failures >= row.budget:
+        return "attempts-spent"
+    return None
+
+
+def _live_or_logged(
+    session: Session,
+    crypto: CryptoContext,
+    row: _Served | None,
+    *,
+    who: str,
+    interaction: str,
+    now: datetime,
+    address: str | None,
+) -> _Served | _RaiseAfterCommit:
+    """The link if it can be opened. A real link that cannot (paused, revoked, expired, spent) is
+    refused with the same 404 as an unknown one, and the attempt goes in its patient's access log
+    (issue 4: every opening, whatever its outcome); an unknown id has no patient to tell."""
+    if row is None:
+        raise ShlUnavailable("this link is not available")
+    why = _why_unavailable(row, now)
+    if why is None:
+        return row
+    patient_id = str(_open_sealed(session, crypto, row)["patient"])
+    _log_opening(
+        session,
+        crypto,
+        patient_id=patient_id,
+        purpose=row.purpose,
+        recipient=who,
+        interaction=interaction,
+        outcome=why,
+        allowed=False,
+        now=now,
+        address=address,
+    )
+    return _RaiseAfterCommit(ShlUnavailable("this link is not available"))
+
+
 def _find(session: Session, presented: str) -> _Served | None:
     if not _TOKEN.fullmatch(presented):
         return None
@@ -989,7 +1035,11 @@ def open_manifest(
     for _ in range(2):
 
         def attempt(session: Session, verified: bool | None = verified, stored_hash: str | None = stored_hash) -> Any:
-            row = _live(_find(session, link_id), now)
+            row = _live_or_logged(
+                session, crypto, _find(session, link_id), who=who, interaction="shl-manifest", now=now, address=address
+            )
+            if isinstance(row, _RaiseAfterCommit):
+                return row
             if "U" in row.flags:
                 raise ShlUnavailable("this link is not available")  # a U link has no manifest
             if row.passcode_hash is not None and (verified is None or row.passcode_hash != stored_hash):
@@ -1143,8 +1193,12 @@ def open_direct(
     now = _utc(now)
     who = _check_recipient(recipient)
 
-    def attempt(session: Session) -> ServedFile:
-        row = _live(_find(session, link_id), now)
+    def attempt(session: Session) -> ServedFile | _RaiseAfterCommit:
+        row = _live_or_logged(
+            session, crypto, _find(session, link_id), who=who, interaction="shl-direct", now=now, address=address
+        )
+        if isinstance(row, _RaiseAfterCommit):
+            return row
         if "U" not in row.flags:
             raise ShlUnavailable("this link is not available")
         return _serve(session, crypto, row, who=who, interaction="shl-direct", now=now, address=address)
