@@ -70,7 +70,7 @@ def test_0012_turns_account_ids_into_keyed_tokens_and_keeps_suspensions(blank_en
     assert "account_id" not in columns
     with blank_engine.connect() as conn:
         rows = dict(conn.execute(text("SELECT id, account_token FROM community_member")).all())
-        kept = conn.execute(text("SELECT account_token, until FROM community_suspension")).all()
+        kept = conn.execute(text("SELECT account_token, until FROM community_hold")).all()
     expected = members.account_token(vault_env.crypto, ACCOUNT)
     assert bytes(rows["aa11"]) == expected
     assert bytes(rows["bb22"]) == members.account_token(vault_env.crypto, "other")

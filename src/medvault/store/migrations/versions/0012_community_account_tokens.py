@@ -43,10 +43,10 @@ def _tokens_for(rows: list[tuple[str, str]]) -> dict[str, bytes]:
 
 def upgrade() -> None:
     op.create_table(
-        "community_suspension",
+        "community_hold",
         sa.Column("account_token", sa.LargeBinary(length=16), nullable=False),
         sa.Column("until", sa.BigInteger(), nullable=False),
-        sa.UniqueConstraint("account_token", name="uq_community_suspension_account_token"),
+        sa.UniqueConstraint("account_token", name="uq_community_hold_account_token"),
     )
     op.add_column("community_member", sa.Column("account_token", sa.LargeBinary(length=16), nullable=True))
     bind = op.get_bind()
@@ -57,7 +57,7 @@ def upgrade() -> None:
         sa.column("account_token", sa.LargeBinary),
         sa.column("suspended_until", sa.BigInteger),
     )
-    suspension = sa.table("community_suspension", sa.column("account_token"), sa.column("until"))
+    suspension = sa.table("community_hold", sa.column("account_token"), sa.column("until"))
     rows = bind.execute(sa.select(member.c.id, member.c.account_id, member.c.suspended_until)).all()
     if rows:
         tokens = _tokens_for([(r[0], r[1]) for r in rows])
