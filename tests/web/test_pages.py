@@ -17,7 +17,7 @@ from medvault.db import unit_of_work
 from medvault.records import service
 from medvault.web.pages import COOKIE, CSP
 from tests.helpers import open_vault, post_streamed
-from tests.web.support import enrolled, now_code
+from tests.web.support import add_authenticator, enrolled, now_code
 
 PASSWORD = "a long and private passphrase"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -123,16 +123,7 @@ def test_second_factor_when_enrolled(site: Any) -> None:
     client, env, *_ = site
     with unit_of_work(env.factory) as session:
         account_id = next(a.id for a in accounts.list_accounts(session=session, crypto=env.crypto))
-        secret, _uri = accounts.begin_totp(session=session, crypto=env.crypto, account_id=account_id)
-    now = datetime.now(UTC)
-    with unit_of_work(env.factory) as session:
-        accounts.confirm_totp(
-            session=session,
-            crypto=env.crypto,
-            account_id=account_id,
-            code=totp.totp_code(secret=secret, step=totp.time_step(now) - 1),
-            now=now,
-        )
+    secret = add_authenticator(env, account_id)
     asked = _login(client)
     assert asked.status_code == 200
     assert "one-time code" in asked.text
