@@ -4,7 +4,7 @@ hooks. Both backends."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -102,18 +102,7 @@ def test_narrowing_applies_at_once_to_the_post_and_its_replies(vault_env: Any) -
     post_id = _post(vault_env, author, audience="everyone")
     _reply(vault_env, reader_actor, reader, post_id, "Reply-canary-1")
     assert [r.body for r in _thread(vault_env, None, None, post_id).replies] == ["Reply-canary-1"]
-    with unit_of_work(vault_env.factory) as session:
-        posts.edit(
-            session=session,
-            crypto=vault_env.crypto,
-            member=author,
-            item_id=post_id,
-            title="A title",
-            body="A body",
-            audience="members",
-            confirm=True,
-            now=NOW,
-        )
+    _set_audience(vault_env, author, post_id, "members")
     with pytest.raises(NotFound):
         _thread(vault_env, None, None, post_id)
     assert _listing(vault_env, None, None).total == 0
@@ -129,17 +118,7 @@ def test_edits_keep_a_history_for_the_author_only(vault_env: Any) -> None:
     _a, author = new_member(vault_env)
     _b, other = new_member(vault_env)
     post_id = _post(vault_env, author, title="First title", body="First body")
-    with unit_of_work(vault_env.factory) as session:
-        posts.edit(
-            session=session,
-            crypto=vault_env.crypto,
-            member=author,
-            item_id=post_id,
-            title="Second title",
-            body="Second body",
-            confirm=True,
-            now=NOW + timedelta(minutes=1),
-        )
+    _edit(vault_env, author, post_id, title="Second title", body="Second body", now=NOW + timedelta(minutes=1))
     with unit_of_work(vault_env.factory) as session:
         (rev,) = posts.history(session=session, crypto=vault_env.crypto, member=author, item_id=post_id)
         assert (rev.number, rev.title, rev.body) == (1, "First title", "First body")
@@ -166,16 +145,7 @@ def test_deleting_removes_rows_and_revisions_and_quotes_show_removed(vault_env: 
     reader_actor, reader = new_member(vault_env)
     post_id = _post(vault_env, author, body="Original-canary")
     first = _reply(vault_env, author_actor, author, post_id, "First-reply-canary")
-    with unit_of_work(vault_env.factory) as session:
-        posts.edit(
-            session=session,
-            crypto=vault_env.crypto,
-            member=author,
-            item_id=first,
-            body="First-reply-edited",
-            confirm=True,
-            now=NOW,
-        )
+    _edit(vault_env, author, first, body="First-reply-edited")
     quoting = _reply(vault_env, reader_actor, reader, post_id, "I agree", quote=first, now=NOW + timedelta(seconds=2))
     shown = _thread(vault_env, reader_actor, reader, post_id)
     assert shown.replies[-1].quote == posts.Quote(
@@ -265,19 +235,33 @@ def test_research_export_holds_nothing_of_the_community(vault_env: Any) -> None:
         assert posts.research_export(session=session, crypto=vault_env.crypto) == []
 
 
-def _set_audience(env: Any, member: Any, post_id: str, audience: str) -> None:
+def _edit(
+    env: Any,
+    member: Any,
+    item_id: str,
+    *,
+    body: str,
+    title: str | None = None,
+    audience: str | None = None,
+    now: datetime = NOW,
+) -> None:
+    """The author's edit, confirmed, in its own transaction."""
     with unit_of_work(env.factory) as session:
         posts.edit(
             session=session,
             crypto=env.crypto,
             member=member,
-            item_id=post_id,
-            title="A title",
-            body="A body",
+            item_id=item_id,
+            title=title,
+            body=body,
             audience=audience,
             confirm=True,
-            now=NOW,
+            now=now,
         )
+
+
+def _set_audience(env: Any, member: Any, post_id: str, audience: str) -> None:
+    _edit(env, member, post_id, title="A title", body="A body", audience=audience)
 
 
 def test_widening_a_post_never_widens_the_replies_written_under_it(vault_env: Any) -> None:
@@ -453,17 +437,7 @@ def test_deleting_an_item_shreds_the_snapshots_of_its_reports(vault_env: Any) ->
     kept = _post(vault_env, author, title="Kept", body="Kept-body")
     first = _report(vault_env, reader, "post", post_id)
     _set_audience(vault_env, author, post_id, "members")  # a revision (same audience, new text below)
-    with unit_of_work(vault_env.factory) as session:
-        posts.edit(
-            session=session,
-            crypto=vault_env.crypto,
-            member=author,
-            item_id=post_id,
-            title="Regret-title",
-            body="Regret-body-edited",
-            confirm=True,
-            now=NOW,
-        )
+    _edit(vault_env, author, post_id, title="Regret-title", body="Regret-body-edited")
     _report(vault_env, reader, "reply", reply_id)
     _report(vault_env, reader, "post", kept)
     with unit_of_work(vault_env.factory) as session:

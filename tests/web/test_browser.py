@@ -11,23 +11,22 @@ a TOTP code is single use per 30 s step, and the two accounts have separate secr
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 
-from medvault.auth import accounts, totp
-from medvault.auth.passwords import Hasher
+from medvault.auth import totp
 from medvault.db import unit_of_work
 from medvault.records import service
 from medvault.records.importer import Importer, ImportReport
 from tests.helpers import open_vault
+from tests.web import support
+from tests.web.support import enrolled, new_account
 
+# The fixture and helper other browser tests import from here.
+served, _free_port = support.served, support.free_port
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Chromium at /usr/bin/chromium (bin/test)")
 
@@ -102,60 +101,9 @@ def _bundle() -> dict[str, Any]:
 
 
 def _account(env: Any, *, login: str, password: str, role: str, **link: str) -> str:
-    """An account with an authenticator confirmed with the previous step's code (so the current
-    step's code is still unused); returns the TOTP secret."""
-    now = datetime.now(UTC)
-    with unit_of_work(env.factory) as session:
-        account_id = accounts.create_account(
-            session=session,
-            crypto=env.crypto,
-            hasher=Hasher(),
-            login=login,
-            password=password,
-            role=role,
-            now=now,
-            **link,
-        )
-        secret, _uri = accounts.begin_totp(session=session, crypto=env.crypto, account_id=account_id)
-    with unit_of_work(env.factory) as session:
-        accounts.confirm_totp(
-            session=session,
-            crypto=env.crypto,
-            account_id=account_id,
-            code=totp.totp_code(secret=secret, step=totp.time_step(now) - 1),
-            now=now,
-        )
-    return secret
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def served(vault_env: Any) -> Iterator[str]:
-    import uvicorn
-
-    from medvault.api.app import create_app
-
-    port = _free_port()
-    app = create_app(vault_env.settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    # uvicorn has no event to wait on; `started` flips once the socket listens.
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped while starting"
-        assert time.monotonic() < deadline, "uvicorn did not start within 30 s"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    """An account with a confirmed authenticator (the current step's code is still unused); its
+    TOTP secret."""
+    return enrolled(env, login=login, password=password, role=role, **link)[1]
 
 
 def _sign_in(page: Any, base: str, login: str, password: str, secret: str) -> None:
@@ -267,17 +215,8 @@ def test_other_pages_fit_a_phone(vault_env: Any, served: str) -> None:
     with open_vault(env) as v:
         service.read(vault=v, rtype="Patient", rid=decoy)  # raises a honeytoken alert
     officer = _account(env, login="po@example.org", password="privacy officer passphrase", role="privacy-officer")
-    with unit_of_work(env.factory) as session:  # a patient without an authenticator yet
-        accounts.create_account(
-            session=session,
-            crypto=env.crypto,
-            hasher=Hasher(),
-            login=PATIENT_LOGIN,
-            password=PATIENT_PASSWORD,
-            role="patient",
-            patient_id=decoy,
-            now=datetime.now(UTC),
-        )
+    # A patient without an authenticator yet.
+    new_account(env, login=PATIENT_LOGIN, password=PATIENT_PASSWORD, role="patient", patient_id=decoy)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)

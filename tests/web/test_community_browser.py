@@ -7,52 +7,23 @@ the feed)."""
 from __future__ import annotations
 
 import os
-import threading
-import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from medvault.auth import accounts
-from medvault.auth.passwords import Hasher
-from medvault.db import unit_of_work
 from medvault.records import service
 from tests.helpers import open_vault
-from tests.web.test_browser import PHONE, _free_port, _no_sideways_scroll
+from tests.web import support
+from tests.web.support import new_account
+from tests.web.test_browser import PHONE, _no_sideways_scroll
 
+served = support.served  # the fixture
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Chromium at /usr/bin/chromium (bin/test)")
 
 LOGIN, PASSWORD = "wren@example.org", "a long and private passphrase"
 TITLE = "Anyone else tired after the new dose"
 PHONE_TEXT = "555-867-5309"
-
-
-@pytest.fixture
-def served(vault_env: Any) -> Iterator[str]:
-    """The real app under uvicorn on 127.0.0.1 (as tests/web/test_browser.py serves it)."""
-    import uvicorn
-
-    from medvault.api.app import create_app
-
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(vault_env.settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:  # uvicorn has no event to wait on; `started` flips once it listens
-        assert thread.is_alive(), "uvicorn stopped while starting"
-        assert time.monotonic() < deadline, "uvicorn did not start within 30 s"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # one backend: the storage legs run in the matrix on both
@@ -62,17 +33,7 @@ def test_member_sees_the_phone_warning_and_a_visitor_sees_nothing_of_the_post(va
     base = served
     with open_vault(vault_env) as v:
         pid = service.create(vault=v, resource={"resourceType": "Patient", "gender": "female"}).rid
-    with unit_of_work(vault_env.factory) as session:
-        accounts.create_account(
-            session=session,
-            crypto=vault_env.crypto,
-            hasher=Hasher(),
-            login=LOGIN,
-            password=PASSWORD,
-            role="patient",
-            patient_id=pid,
-            now=datetime.now(UTC),
-        )
+    new_account(vault_env, login=LOGIN, password=PASSWORD, role="patient", patient_id=pid)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:

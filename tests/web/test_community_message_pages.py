@@ -13,11 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from medvault.auth import accounts, totp
-from medvault.auth.passwords import Hasher
 from medvault.community import members
 from medvault.db import unit_of_work
 from medvault.records import service
 from tests.helpers import open_vault
+from tests.web.support import add_authenticator, new_account
 
 PASSWORD = "a long and private passphrase"
 BASE = "https://testserver"
@@ -29,31 +29,8 @@ PHONE_TEXT = "Text me on 0612 345 678 tonight"
 
 def _account(env: Any, login: str, role: str, **link: str) -> tuple[str, str | None]:
     """(account id, TOTP secret for the roles that need one)."""
-    now = datetime.now(UTC)
-    with unit_of_work(env.factory) as session:
-        account_id = accounts.create_account(
-            session=session,
-            crypto=env.crypto,
-            hasher=Hasher(),
-            login=login,
-            password=PASSWORD,
-            role=role,
-            now=now,
-            **link,
-        )
-    if role not in accounts.MFA_REQUIRED:
-        return account_id, None
-    with unit_of_work(env.factory) as session:
-        secret, _uri = accounts.begin_totp(session=session, crypto=env.crypto, account_id=account_id)
-    with unit_of_work(env.factory) as session:
-        accounts.confirm_totp(
-            session=session,
-            crypto=env.crypto,
-            account_id=account_id,
-            code=totp.totp_code(secret=secret, step=totp.time_step(now) - 1),
-            now=now,
-        )
-    return account_id, secret
+    account_id = new_account(env, login=login, password=PASSWORD, role=role, **link)
+    return account_id, add_authenticator(env, account_id) if role in accounts.MFA_REQUIRED else None
 
 
 def _signed_in(app: Any, login: str, secret: str | None = None) -> TestClient:

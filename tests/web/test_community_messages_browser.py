@@ -5,17 +5,15 @@ message in the queue, alone: none of the other messages of the conversation."""
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from medvault.auth import accounts, totp
-from medvault.auth.passwords import Hasher
 from medvault.community import members
 from medvault.db import unit_of_work
 from medvault.records import service
 from tests.helpers import open_vault
+from tests.web.support import enrolled
 from tests.web.test_browser import CHROMIUM, PHONE, _no_sideways_scroll, _sign_in, served  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Chromium at /usr/bin/chromium")
@@ -27,28 +25,7 @@ PHONE_TEXT = "Call me on 0612 345 678 if you like"
 
 def _account(env: Any, login: str, role: str, **link: str) -> tuple[str, str]:
     """(account id, TOTP secret): confirmed with the previous step's code, so the current is unused."""
-    now = datetime.now(UTC)
-    with unit_of_work(env.factory) as session:
-        account_id = accounts.create_account(
-            session=session,
-            crypto=env.crypto,
-            hasher=Hasher(),
-            login=login,
-            password=PASSWORD,
-            role=role,
-            now=now,
-            **link,
-        )
-        secret, _uri = accounts.begin_totp(session=session, crypto=env.crypto, account_id=account_id)
-    with unit_of_work(env.factory) as session:
-        accounts.confirm_totp(
-            session=session,
-            crypto=env.crypto,
-            account_id=account_id,
-            code=totp.totp_code(secret=secret, step=totp.time_step(now) - 1),
-            now=now,
-        )
-    return account_id, secret
+    return enrolled(env, login=login, password=PASSWORD, role=role, **link)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # the storage legs run on both backends elsewhere

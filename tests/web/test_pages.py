@@ -17,6 +17,7 @@ from medvault.db import unit_of_work
 from medvault.records import service
 from medvault.web.pages import COOKIE, CSP
 from tests.helpers import open_vault, post_streamed
+from tests.web.support import add_authenticator, enrolled, now_code
 
 PASSWORD = "a long and private passphrase"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -122,16 +123,7 @@ def test_second_factor_when_enrolled(site: Any) -> None:
     client, env, *_ = site
     with unit_of_work(env.factory) as session:
         account_id = next(a.id for a in accounts.list_accounts(session=session, crypto=env.crypto))
-        secret, _uri = accounts.begin_totp(session=session, crypto=env.crypto, account_id=account_id)
-    now = datetime.now(UTC)
-    with unit_of_work(env.factory) as session:
-        accounts.confirm_totp(
-            session=session,
-            crypto=env.crypto,
-            account_id=account_id,
-            code=totp.totp_code(secret=secret, step=totp.time_step(now) - 1),
-            now=now,
-        )
+    secret = add_authenticator(env, account_id)
     asked = _login(client)
     assert asked.status_code == 200
     assert "one-time code" in asked.text
@@ -290,32 +282,11 @@ def test_sign_in_refuses_cross_site_and_headerless_posts(site: Any) -> None:
 def _enrolled(env: Any, *, login: str, password: str, role: str, **link: str) -> str:
     """An account with a confirmed authenticator; returns its TOTP secret. The confirming code is
     the previous step's, so a sign-in with the current step's code is not a replay."""
-    now = datetime.now(UTC)
-    with unit_of_work(env.factory) as session:
-        account_id = accounts.create_account(
-            session=session,
-            crypto=env.crypto,
-            hasher=Hasher(),
-            login=login,
-            password=password,
-            role=role,  # type: ignore[arg-type]
-            now=now,
-            **link,
-        )
-        secret, _uri = accounts.begin_totp(session=session, crypto=env.crypto, account_id=account_id)
-    with unit_of_work(env.factory) as session:
-        accounts.confirm_totp(
-            session=session,
-            crypto=env.crypto,
-            account_id=account_id,
-            code=totp.totp_code(secret=secret, step=totp.time_step(now) - 1),
-            now=now,
-        )
-    return secret
+    return enrolled(env, login=login, password=password, role=role, **link)[1]
 
 
 def _now_code(secret: str) -> str:
-    return totp.totp_code(secret=secret, step=totp.time_step(datetime.now(UTC)))
+    return now_code(secret)
 
 
 def _grant(env: Any, pid: str, dr: str, **kw: Any) -> str:

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio.to_thread
 import orjson
@@ -26,14 +25,13 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy.orm import Session, sessionmaker
 
 from medvault.auth.accounts import Actor
-from medvault.bodies import read_capped
 from medvault.community import account, members, posts, profiles, review, views
 from medvault.community.errors import CommunityError, Forbidden, NotFound, RateLimited
 from medvault.config import Settings
 from medvault.db import unit_of_work
 from medvault.smart import tokens as smart_tokens
 from medvault.store.crypto_context import CryptoContext
-from medvault.web import pages
+from medvault.web import community_common, pages
 
 PREFIX = "/community/api"
 MAX_BODY = 128 * 1024
@@ -128,6 +126,7 @@ def _post_json(post: posts.PostView, *, full: bool = True) -> dict[str, Any]:
 
 def install(app: FastAPI, deps: CommunityApiDeps) -> None:
     budget = views.Budget.from_settings(deps.settings)
+    page_deps = pages.PageDeps(deps.factory, deps.crypto)
 
     def now() -> datetime:
         return datetime.now(UTC)
@@ -150,13 +149,11 @@ def install(app: FastAPI, deps: CommunityApiDeps) -> None:
             if bearer.actor is not None:
                 raise ApiRefused(403, "forbidden", "an app token for a health record is not a community credential")
             return Caller(OPERATOR, None, "operator")
-        found = pages.optional_session(pages.PageDeps(deps.factory, deps.crypto), request)
+        found = pages.optional_session(page_deps, request)
         if found is None:
             return Caller(None, None, "visitor")
         live, _token = found
-        with unit_of_work(deps.factory) as session:
-            me = members.by_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id)
-        return Caller(live.actor, me, "cookie")
+        return Caller(live.actor, community_common.member_of(page_deps, live.actor), "cookie")
 
     def member(request: Request) -> tuple[Caller, members.Member]:
         who = caller(request)
@@ -167,21 +164,13 @@ def install(app: FastAPI, deps: CommunityApiDeps) -> None:
         return who, who.me
 
     async def body(request: Request) -> dict[str, Any]:
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            raise ApiRefused(415, "not-supported", "send application/json")
         origin = request.headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
+        if origin is not None and not pages.same_host(request, origin):
             raise ApiRefused(403, "forbidden", "cross-site request refused")
-        raw = await read_capped(request, MAX_BODY)
-        if raw is None:
-            raise ApiRefused(413, "too-costly", "body too large")
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ApiRefused(400, "invalid", "the body is not JSON") from None
-        if not isinstance(doc, dict):
-            raise ApiRefused(400, "invalid", "the body must be a JSON object")
-        return doc
+            return await community_common.json_object(request, MAX_BODY)
+        except community_common.JsonRefused as refused:
+            raise ApiRefused(refused.status, refused.code, refused.message) from None
 
     def text(doc: dict[str, Any], name: str, default: str = "") -> str:
         value = doc.get(name, default)
@@ -193,31 +182,14 @@ def install(app: FastAPI, deps: CommunityApiDeps) -> None:
         return doc.get("confirm") is True
 
     def listed(who: Caller, items: list[str]) -> None:
-        # Its own transaction, like `counted`: the posts shown were read, whatever happens next.
-        if who.actor is None or who.via != "cookie":
-            return
-        with unit_of_work(deps.factory) as session:
-            views.count_listed(
-                session=session,
-                crypto=deps.crypto,
-                budget=budget,
-                account_id=who.actor.account_id,
-                items=items,
-                now=now(),
-            )
+        account_id = who.actor.account_id if who.actor and who.via == "cookie" else None
+        community_common.count_listed(page_deps, budget=budget, account_id=account_id, items=items, now=now())
 
     def counted(request: Request, who: Caller, kind: views.ViewKind, item: str | None) -> None:
-        with unit_of_work(deps.factory) as session:
-            views.count_view(
-                session=session,
-                crypto=deps.crypto,
-                budget=budget,
-                kind=kind,
-                account_id=who.actor.account_id if who.actor and who.via == "cookie" else None,
-                address=pages.throttle_address(request.client.host) if request.client else None,
-                item=item,
-                now=now(),
-            )
+        account_id = who.actor.account_id if who.actor and who.via == "cookie" else None
+        community_common.count_view(
+            page_deps, request, budget=budget, kind=kind, account_id=account_id, item=item, now=now()
+        )
 
     def run(work: Callable[[], Response]) -> Response:
         try:
@@ -456,5 +428,5 @@ def install(app: FastAPI, deps: CommunityApiDeps) -> None:
     def check_origin(request: Request) -> None:
         """A cookie-authenticated change without a body must still come from our own pages."""
         origin = request.headers.get("origin")
-        if origin is None or urlsplit(origin).netloc != request.headers.get("host", ""):
+        if origin is None or not pages.same_host(request, origin):
             raise ApiRefused(403, "forbidden", "cross-site request refused")

@@ -22,13 +22,12 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy.orm import Session, sessionmaker
 
 from medvault.auth import sessions
-from medvault.bodies import read_capped
 from medvault.community import members, messages
 from medvault.community.errors import CommunityError, RateLimited
 from medvault.community.members import Member
 from medvault.db import unit_of_work
 from medvault.store.crypto_context import CryptoContext
-from medvault.web import community_message_pages, pages
+from medvault.web import community_common, pages
 
 MAX_BODY = 32 * 1024
 CSRF_HEADER = "x-csrf-token"
@@ -91,22 +90,14 @@ def install(app: FastAPI, deps: MessagesDeps) -> None:
             # The operator (admin) and other roles are not members: to them no conversation exists.
             raise _Refused(404, "not-found", "no such conversation")
         with unit_of_work(deps.factory) as session:
-            found = members.by_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id)
-            return found or members.join(session=session, crypto=deps.crypto, actor=live.actor, now=now())
+            # Joining is idempotent: the existing membership, or a new one on the first use.
+            return members.join(session=session, crypto=deps.crypto, actor=live.actor, now=now())
 
     async def body_of(request: Request) -> dict[str, Any]:
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            raise _Refused(415, "not-supported", "send JSON (application/json)")
-        raw = await read_capped(request, MAX_BODY)
-        if raw is None:
-            raise _Refused(413, "too-large", "the body is too large")
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
-            raise _Refused(400, "invalid", "the body must be a JSON object")
-        return body
+            return await community_common.json_object(request, MAX_BODY)
+        except community_common.JsonRefused as refused:
+            raise _Refused(refused.status, refused.code, refused.message) from None
 
     async def answer(
         request: Request, work: Callable[[Member, dict[str, Any]], Response], *, writing: bool
@@ -127,7 +118,7 @@ def install(app: FastAPI, deps: MessagesDeps) -> None:
             refused = _Refused(429, exc.code, exc.message)
             return _error(refused, headers={"Retry-After": str(exc.retry_after)})
         except CommunityError as exc:
-            status = community_message_pages.status_of(exc)
+            status = community_common.status_of(exc)
             return _error(_Refused(status, exc.code, exc.message, exc.location))
 
     def text_field(body: dict[str, Any], name: str) -> str:

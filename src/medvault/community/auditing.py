@@ -6,6 +6,7 @@ so a failed audit write fails the action."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,19 +29,24 @@ def record(
     now: datetime,
     deletes: bool = False,
     entity: tuple[str, str] | None = None,
+    action: str | None = None,
+    entities: Sequence[tuple[str, str]] = (),
 ) -> int:
     """Append one AuditEvent (`code`, e.g. "community-directory-opt-in"); `entity` is
-    (identifier system, value), e.g. ("urn:medvault:community-member", handle). Returns its seq."""
+    (identifier system, value), e.g. ("urn:medvault:community-member", handle), and `entities` more
+    of them. `action`: the AuditEvent action code (C, R, U or D); by default U, or D with `deletes`.
+    Returns its seq."""
     event: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
         "subtype": [{"system": SYSTEM, "code": code}],
-        "action": "D" if deletes else "U",
+        "action": action or ("D" if deletes else "U"),
         "recorded": now.isoformat().replace("+00:00", "Z"),
         "outcome": "0",
         "agent": [{"who": {"identifier": {"system": "urn:medvault:account", "value": account_id}}, "requestor": True}],
         "source": {"observer": {"display": "medvault"}, "type": [{"code": "4"}]},
     }
-    if entity is not None:
-        event["entity"] = [{"what": {"identifier": {"system": entity[0], "value": entity[1]}}}]
+    whats = [*([entity] if entity is not None else []), *entities]
+    if whats:
+        event["entity"] = [{"what": {"identifier": {"system": system, "value": value}}} for system, value in whats]
     return audit_log.append(session=session, crypto=crypto, event=event, patient_id=None, now=now)

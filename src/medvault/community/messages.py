@@ -36,8 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from medvault import logs
-from medvault.audit import log as audit_log
-from medvault.community import disclosure, limits, members, moderation
+from medvault.community import auditing, disclosure, limits, members, moderation
 from medvault.community.errors import CommunityError, Forbidden, NotFound
 from medvault.community.members import Member
 from medvault.community.moderation import member_token
@@ -651,19 +650,8 @@ def delete_member(*, session: Session, crypto: CryptoContext, member: Member, no
 
 
 def _audit(session: Session, crypto: CryptoContext, member: Member, *, code: str, now: datetime) -> None:
-    event = {
-        "resourceType": "AuditEvent",
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
-        "subtype": [{"system": "urn:medvault:community", "code": code}],
-        "action": "D" if code.endswith("delete") else "R",
-        "recorded": now.isoformat().replace("+00:00", "Z"),
-        "outcome": "0",
-        "agent": [
-            {"who": {"identifier": {"system": "urn:medvault:account", "value": member.account()}}, "requestor": True}
-        ],
-        "source": {"observer": {"display": "medvault"}, "type": [{"code": "4"}]},
-    }
-    audit_log.append(session=session, crypto=crypto, event=event, patient_id=None, now=now)
+    action = "D" if code.endswith("delete") else "R"
+    auditing.record(session=session, crypto=crypto, account_id=member.account(), code=code, now=now, action=action)
 
 
 # -- the "message" kind of moderation ----------------------------------------------------------

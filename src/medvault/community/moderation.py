@@ -33,9 +33,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from medvault import logs
-from medvault.audit import log as audit_log
 from medvault.auth.accounts import Actor
-from medvault.community import members
+from medvault.community import auditing, members
 from medvault.community.errors import CommunityError, Forbidden, NotFound
 from medvault.community.members import Member
 from medvault.crypto.errors import CryptoError
@@ -494,41 +493,33 @@ def _audit(
     now: datetime,
 ) -> int:
     """An access-log entry: who (account), what (code), which report and item. No content."""
-    event = {
-        "resourceType": "AuditEvent",
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
-        "subtype": [{"system": "urn:medvault:community", "code": code}],
-        "action": "U" if action else "C",
-        "recorded": now.isoformat().replace("+00:00", "Z"),
-        "outcome": "0",
-        "agent": [{"who": {"identifier": {"system": "urn:medvault:account", "value": account_id}}, "requestor": True}],
-        "source": {"observer": {"display": "medvault"}, "type": [{"code": "4"}]},
-        "entity": [
-            {"what": {"identifier": {"system": "urn:medvault:community-report", "value": report.id}}},
-            {"what": {"identifier": {"system": f"urn:medvault:community-{report.kind}", "value": report.content_id}}},
+    return auditing.record(
+        session=session,
+        crypto=crypto,
+        account_id=account_id,
+        code=code,
+        now=now,
+        action="U" if action else "C",
+        entities=[
+            ("urn:medvault:community-report", report.id),
+            (f"urn:medvault:community-{report.kind}", report.content_id),
         ],
-    }
-    return audit_log.append(session=session, crypto=crypto, event=event, patient_id=None, now=now)
+    )
 
 
 def _audit_read(
     session: Session, crypto: CryptoContext, *, account_id: str, reports: list[CommunityReport], now: datetime
 ) -> None:
     """A moderator opened these reports' snapshots: who, when, which report ids. No content."""
-    event = {
-        "resourceType": "AuditEvent",
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
-        "subtype": [{"system": "urn:medvault:community", "code": "community-moderation-read"}],
-        "action": "R",
-        "recorded": now.isoformat().replace("+00:00", "Z"),
-        "outcome": "0",
-        "agent": [{"who": {"identifier": {"system": "urn:medvault:account", "value": account_id}}, "requestor": True}],
-        "source": {"observer": {"display": "medvault"}, "type": [{"code": "4"}]},
-        "entity": [
-            {"what": {"identifier": {"system": "urn:medvault:community-report", "value": row.id}}} for row in reports
-        ],
-    }
-    audit_log.append(session=session, crypto=crypto, event=event, patient_id=None, now=now)
+    auditing.record(
+        session=session,
+        crypto=crypto,
+        account_id=account_id,
+        code="community-moderation-read",
+        now=now,
+        action="R",
+        entities=[("urn:medvault:community-report", row.id) for row in reports],
+    )
 
 
 # -- notices to members ------------------------------------------------------------------------

@@ -331,24 +331,9 @@ def create(
         "body": _check_text(body, limit=BODY_MAX, location="body"),
     }
     review.review(doc, confirm=confirm)
-    post_id = _new_id()
-    session.add(
-        CommunityPost(
-            id=post_id,
-            author_id=member.id,
-            thread_id=None,
-            quote_id=None,
-            kind=checked_kind,
-            audience=vis,
-            created=now,
-            updated=now,
-            revision=1,
-            hidden=False,
-            sealed=_seal(session, crypto, member, post_id, 1, doc),
-        )
+    return _insert(
+        session, crypto, member, thread_id=None, quote_id=None, kind=checked_kind, audience=vis, doc=doc, now=now
     )
-    session.flush()
-    return post_id
 
 
 def reply(
@@ -383,24 +368,50 @@ def reply(
             raise NotFound("no such post")
     doc = {"title": "", "body": _check_text(body, limit=BODY_MAX, location="body")}
     review.review({"body": doc["body"]}, confirm=confirm)
-    reply_id = _new_id()
+    return _insert(
+        session,
+        crypto,
+        member,
+        thread_id=top.id,
+        quote_id=quote_id or None,
+        kind="reply",
+        audience=top.audience,
+        doc=doc,
+        now=now,
+    )
+
+
+def _insert(
+    session: Session,
+    crypto: CryptoContext,
+    member: members.Member,
+    *,
+    thread_id: str | None,
+    quote_id: str | None,
+    kind: str,
+    audience: str,
+    doc: dict[str, str],
+    now: datetime,
+) -> str:
+    """A new post (`thread_id` None) or reply at its first revision, sealed; its id."""
+    item_id = _new_id()
     session.add(
         CommunityPost(
-            id=reply_id,
+            id=item_id,
             author_id=member.id,
-            thread_id=top.id,
-            quote_id=quote_id or None,
-            kind="reply",
-            audience=top.audience,
+            thread_id=thread_id,
+            quote_id=quote_id,
+            kind=kind,
+            audience=audience,
             created=now,
             updated=now,
             revision=1,
             hidden=False,
-            sealed=_seal(session, crypto, member, reply_id, 1, doc),
+            sealed=_seal(session, crypto, member, item_id, 1, doc),
         )
     )
     session.flush()
-    return reply_id
+    return item_id
 
 
 def edit(

@@ -28,10 +28,11 @@ from sqlalchemy.orm import Session
 from medvault.auth import sessions
 from medvault.community import members, messages, moderation
 from medvault.community.disclosure import Finding
-from medvault.community.errors import CommunityError, Forbidden, NotFound, RateLimited
+from medvault.community.errors import CommunityError, NotFound
 from medvault.community.members import Member
 from medvault.db import unit_of_work
 from medvault.web import pages
+from medvault.web.community_common import status_of
 
 T = TypeVar("T")
 _KIND_LABELS = {"post": "post", "reply": "reply", "message": "private message", "profile": "profile"}
@@ -46,19 +47,6 @@ _ACTION_LABELS = {
 
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") + " UTC" if value else ""
-
-
-def status_of(exc: CommunityError) -> int:
-    """The HTTP status of a community refusal (shared with the JSON face)."""
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, Forbidden):
-        return 403
-    if isinstance(exc, RateLimited):
-        return 429
-    if isinstance(exc, messages.ContactDetailsWarning):
-        return 409
-    return 400
 
 
 @dataclass(frozen=True)
@@ -96,9 +84,8 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
         if live.actor.role not in members.MEMBER_ROLES:
             raise pages.PageRefused(404, "not found")
         with unit_of_work(deps.factory) as session:
-            member = members.by_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id)
-            if member is None:
-                member = members.join(session=session, crypto=deps.crypto, actor=live.actor, now=now())
+            # Joining is idempotent: the existing membership, or a new one on the first visit.
+            member = members.join(session=session, crypto=deps.crypto, actor=live.actor, now=now())
         return live, token, member
 
     def as_moderator(request: Request) -> tuple[sessions.Live, str]:

@@ -37,7 +37,7 @@ from medvault.config import Settings
 from medvault.db import unit_of_work
 from medvault.records import guard, service
 from medvault.records.errors import NotFound as RecordNotFound
-from medvault.web import pages
+from medvault.web import community_common, pages
 
 T = TypeVar("T")
 _MAX_FORM = 160 * 1024  # a 20,000-character post, percent-encoded
@@ -84,10 +84,6 @@ def _budget(request: Request) -> views.Budget:
     return views.Budget.from_settings(settings if isinstance(settings, Settings) else Settings())
 
 
-def _address(request: Request) -> str | None:
-    return pages.throttle_address(request.client.host) if request.client else None
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -110,7 +106,7 @@ def refused_page(exc: CommunityError, reader: Reader | None) -> HTMLResponse:
         )
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
-    status = 403 if isinstance(exc, Forbidden) else 400
+    status = _status(exc)
     return _page("base.html", status=status, live=live, message=exc.message)
 
 
@@ -204,9 +200,7 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
         if found is None:
             return Reader(None, None, None)
         live, token = found
-        with unit_of_work(deps.factory) as session:
-            me = members.by_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id)
-        return Reader(live, token, me)
+        return Reader(live, token, community_common.member_of(deps, live.actor))
 
     def member_of(request: Request) -> tuple[Reader, members.Member]:
         reader = reader_of(request)
@@ -216,34 +210,23 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
             raise pages.PageRefused(403, "Join the community first (on the community page).")
         return reader, reader.me
 
+    def posted(request: Request, form: dict[str, str]) -> tuple[Reader, members.Member]:
+        """The member sending a form of theirs, after the form's origin and CSRF token are checked."""
+        reader, me = member_of(request)
+        assert reader.token is not None
+        pages.check_form(deps, request, form, reader.token)
+        return reader, me
+
     def counted(request: Request, reader: Reader, kind: views.ViewKind, item: str | None) -> None:
-        # Its own transaction: a view of something missing is still a view (probing counts).
-        with unit_of_work(deps.factory) as session:
-            views.count_view(
-                session=session,
-                crypto=deps.crypto,
-                budget=_budget(request),
-                kind=kind,
-                account_id=reader.actor.account_id if reader.actor else None,
-                address=_address(request),
-                item=item,
-                now=_now(),
-            )
+        account_id = reader.actor.account_id if reader.actor else None
+        community_common.count_view(
+            deps, request, budget=_budget(request), kind=kind, account_id=account_id, item=item, now=_now()
+        )
 
     def listed(request: Request, reader: Reader, found: posts.Listing) -> None:
-        # The posts a listing shows were read (titles and openings): they count toward the
-        # reading alert like opened posts. Its own transaction, like `counted`.
-        if reader.actor is None:
-            return
-        with unit_of_work(deps.factory) as session:
-            views.count_listed(
-                session=session,
-                crypto=deps.crypto,
-                budget=_budget(request),
-                account_id=reader.actor.account_id,
-                items=[p.id for p in found.posts],
-                now=_now(),
-            )
+        account_id = reader.actor.account_id if reader.actor else None
+        items = [p.id for p in found.posts]
+        community_common.count_listed(deps, budget=_budget(request), account_id=account_id, items=items, now=_now())
 
     def guarded(reader: Reader | None, work: Callable[[], Response]) -> Response:
         try:
@@ -425,44 +408,57 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
             reader, values={"kind": "question", "audience": "members"}, mode="new-post", action="/community/write"
         )
 
+    def submit(
+        reader: Reader,
+        form: dict[str, str],
+        *,
+        mode: str,
+        action: str,
+        save: Callable[[Session, dict[str, str], bool], str],
+        done: Callable[[str], str],
+    ) -> Response:
+        """Send a written post, reply or edit: back to the form when asked to edit it again or when
+        it is refused, the findings to confirm when the disclosure check stops it, else on to
+        `done(saved id)`. `save` gets the form's values and whether the member confirmed."""
+        values = form_values(form)
+        if form.get("edit"):
+            return write_form(reader, values=values, mode=mode, action=action)
+        try:
+            with unit_of_work(deps.factory) as session:
+                saved = save(session, values, form.get("confirm") == "yes")
+        except review.NeedsConfirmation as stopped:
+            return preview(reader, stopped, action=action, values=values)
+        except (NotFound, RateLimited) as exc:
+            return refused_page(exc, reader)
+        except CommunityError as exc:
+            return write_form(
+                reader, values=values, mode=mode, action=action, message=_error_text(exc), status=_status(exc)
+            )
+        return RedirectResponse(done(saved), status_code=303)
+
     @router.post("/community/write")
     async def publish(request: Request) -> Response:
         form = await _form(request)
 
         def work() -> Response:
-            reader, me = member_of(request)
-            assert reader.token is not None
-            pages.check_form(deps, request, form, reader.token)
-            values = form_values(form)
-            if form.get("edit"):
-                return write_form(reader, values=values, mode="new-post", action="/community/write")
-            try:
-                with unit_of_work(deps.factory) as session:
-                    post_id = posts.create(
-                        session=session,
-                        crypto=deps.crypto,
-                        member=me,
-                        kind=values["kind"],
-                        title=values["title"],
-                        body=values["body"],
-                        audience=values["audience"] or "members",
-                        confirm=form.get("confirm") == "yes",
-                        now=_now(),
-                    )
-            except review.NeedsConfirmation as stopped:
-                return preview(reader, stopped, action="/community/write", values=values)
-            except (NotFound, RateLimited) as exc:
-                return refused_page(exc, reader)
-            except CommunityError as exc:
-                return write_form(
-                    reader,
-                    values=values,
-                    mode="new-post",
-                    action="/community/write",
-                    message=_error_text(exc),
-                    status=403 if isinstance(exc, Forbidden) else 400,
+            reader, me = posted(request, form)
+
+            def save(session: Session, values: dict[str, str], confirm: bool) -> str:
+                return posts.create(
+                    session=session,
+                    crypto=deps.crypto,
+                    member=me,
+                    kind=values["kind"],
+                    title=values["title"],
+                    body=values["body"],
+                    audience=values["audience"] or "members",
+                    confirm=confirm,
+                    now=_now(),
                 )
-            return RedirectResponse(f"/community/posts/{post_id}", status_code=303)
+
+            return submit(
+                reader, form, mode="new-post", action="/community/write", save=save, done="/community/posts/{}".format
+            )
 
         return await anyio.to_thread.run_sync(work)
 
@@ -471,37 +467,26 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
         form = await _form(request)
 
         def work() -> Response:
-            reader, me = member_of(request)
-            assert reader.token is not None
+            reader, me = posted(request, form)
             assert reader.live is not None
-            pages.check_form(deps, request, form, reader.token)
-            values = form_values(form)
-            action = f"/community/posts/{post_id}/reply"
-            if form.get("edit"):
-                return write_form(reader, values=values, mode="new-reply", action=action)
-            try:
-                with unit_of_work(deps.factory) as session:
-                    reply_id = posts.reply(
-                        session=session,
-                        crypto=deps.crypto,
-                        actor=reader.live.actor,
-                        member=me,
-                        post_id=post_id,
-                        body=values["body"],
-                        quote_id=values["quote"] or None,
-                        confirm=form.get("confirm") == "yes",
-                        now=_now(),
-                    )
-            except review.NeedsConfirmation as stopped:
-                return preview(reader, stopped, action=f"/community/posts/{post_id}/reply", values=values)
-            except (NotFound, RateLimited) as exc:
-                return refused_page(exc, reader)
-            except CommunityError as exc:
-                status = 403 if isinstance(exc, Forbidden) else 400
-                return write_form(
-                    reader, values=values, mode="new-reply", action=action, message=_error_text(exc), status=status
+            actor = reader.live.actor
+
+            def save(session: Session, values: dict[str, str], confirm: bool) -> str:
+                return posts.reply(
+                    session=session,
+                    crypto=deps.crypto,
+                    actor=actor,
+                    member=me,
+                    post_id=post_id,
+                    body=values["body"],
+                    quote_id=values["quote"] or None,
+                    confirm=confirm,
+                    now=_now(),
                 )
-            return RedirectResponse(f"/community/posts/{post_id}#r-{reply_id}", status_code=303)
+
+            action = f"/community/posts/{post_id}/reply"
+            done = f"/community/posts/{post_id}#r-{{}}".format
+            return submit(reader, form, mode="new-reply", action=action, save=save, done=done)
 
         return await anyio.to_thread.run_sync(work)
 
@@ -513,8 +498,7 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
             with unit_of_work(deps.factory) as session:
                 item = _own_item(session, deps, me, item_id)
             values = {"kind": item.kind, "title": item.title, "body": item.body, "audience": item.audience, "quote": ""}
-            mode = "edit-reply" if item.is_reply else "edit-post"
-            return write_form(reader, values=values, mode=mode, action=f"/community/posts/{item_id}/edit")
+            return write_form(reader, values=values, mode=_edit_mode(item), action=f"/community/posts/{item_id}/edit")
 
         return guarded(reader, work)
 
@@ -523,39 +507,26 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
         form = await _form(request)
 
         def work() -> Response:
-            reader, me = member_of(request)
-            assert reader.token is not None
-            pages.check_form(deps, request, form, reader.token)
-            values = form_values(form)
+            reader, me = posted(request, form)
             with unit_of_work(deps.factory) as session:
                 item = _own_item(session, deps, me, item_id)
-            mode = "edit-reply" if item.is_reply else "edit-post"
-            action = f"/community/posts/{item_id}/edit"
-            if form.get("edit"):
-                return write_form(reader, values=values, mode=mode, action=action)
-            try:
-                with unit_of_work(deps.factory) as session:
-                    posts.edit(
-                        session=session,
-                        crypto=deps.crypto,
-                        member=me,
-                        item_id=item_id,
-                        title=values["title"],
-                        body=values["body"],
-                        audience=values["audience"] or None,
-                        confirm=form.get("confirm") == "yes",
-                        now=_now(),
-                    )
-            except review.NeedsConfirmation as stopped:
-                return preview(reader, stopped, action=f"/community/posts/{item_id}/edit", values=values)
-            except (NotFound, RateLimited) as exc:
-                return refused_page(exc, reader)
-            except CommunityError as exc:
-                status = 403 if isinstance(exc, Forbidden) else 400
-                return write_form(
-                    reader, values=values, mode=mode, action=action, message=_error_text(exc), status=status
+
+            def save(session: Session, values: dict[str, str], confirm: bool) -> str:
+                posts.edit(
+                    session=session,
+                    crypto=deps.crypto,
+                    member=me,
+                    item_id=item_id,
+                    title=values["title"],
+                    body=values["body"],
+                    audience=values["audience"] or None,
+                    confirm=confirm,
+                    now=_now(),
                 )
-            return RedirectResponse(f"/community/posts/{item.thread_id}", status_code=303)
+                return item.thread_id
+
+            action, done = f"/community/posts/{item_id}/edit", "/community/posts/{}".format
+            return submit(reader, form, mode=_edit_mode(item), action=action, save=save, done=done)
 
         return await anyio.to_thread.run_sync(lambda: guarded(None, work))
 
@@ -587,9 +558,7 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
         form = await _form(request)
 
         def work() -> Response:
-            reader, me = member_of(request)
-            assert reader.token is not None
-            pages.check_form(deps, request, form, reader.token)
+            _reader, me = posted(request, form)
             with unit_of_work(deps.factory) as session:
                 item = _own_item(session, deps, me, item_id)
                 posts.delete_item(session=session, crypto=deps.crypto, member=me, item_id=item_id)
@@ -658,9 +627,7 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
         form = await _form(request)
 
         def work() -> Response:
-            reader, me = member_of(request)
-            assert reader.token is not None
-            pages.check_form(deps, request, form, reader.token)
+            reader, me = posted(request, form)
             if form.get("edit"):
                 return profile_form(reader, me, override=form)
             try:
@@ -678,7 +645,7 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
             except review.NeedsConfirmation as stopped:
                 return preview(reader, stopped, action="/community/me/profile", values=form)
             except CommunityError as exc:
-                status = 403 if isinstance(exc, Forbidden) else 400
+                status = _status(exc)
                 return profile_form(reader, me, message=_error_text(exc), status=status, override=form)
             return RedirectResponse(f"/community/members/{me.id}", status_code=303)
 
@@ -719,9 +686,7 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
             except RateLimited as exc:
                 return refused_page(exc, reader)
             except CommunityError as exc:
-                return profile_form(
-                    reader, me, message=_error_text(exc), status=403 if isinstance(exc, Forbidden) else 400
-                )
+                return profile_form(reader, me, message=_error_text(exc), status=_status(exc))
             return RedirectResponse("/community/me/profile", status_code=303)
 
         return await anyio.to_thread.run_sync(work)
@@ -755,10 +720,8 @@ def build_router(deps: pages.PageDeps) -> APIRouter:
         form = await _form(request)
 
         def work() -> Response:
-            reader, me = member_of(request)
-            assert reader.token is not None
+            reader, me = posted(request, form)
             assert reader.live is not None
-            pages.check_form(deps, request, form, reader.token)
             if form.get("confirm", "").strip().lower() != "delete":
                 return _page(
                     "community_data.html",
@@ -831,6 +794,15 @@ def _shared_values(shown: profiles.PublicProfile | profiles.MemberProfile) -> di
 def _own_item(session: Session, deps: pages.PageDeps, me: members.Member, item_id: str) -> posts.PostView:
     """The member's own post or reply as they see it (NotFound for anyone else's)."""
     return posts.own_item(session=session, crypto=deps.crypto, member=me, item_id=item_id)
+
+
+def _edit_mode(item: posts.PostView) -> str:
+    return "edit-reply" if item.is_reply else "edit-post"
+
+
+def _status(exc: CommunityError) -> int:
+    """The status of a form sent back with the error shown on it."""
+    return 403 if isinstance(exc, Forbidden) else 400
 
 
 def _error_text(exc: CommunityError) -> str:

@@ -124,8 +124,13 @@ def _same_origin(request: Request, *, required: bool = False) -> bool:
     origin = request.headers.get("origin") or request.headers.get("referer")
     if not origin or origin == "null":
         return not required and not origin
-    # Host only, not scheme: behind a TLS-terminating proxy the app itself may see http.
-    return urlsplit(origin).netloc == request.headers.get("host", "")
+    return same_host(request, origin)
+
+
+def same_host(request: Request, url: str) -> bool:
+    """`url` (an Origin or Referer) names the host this request was sent to. Host only, not
+    scheme: behind a TLS-terminating proxy the app itself may see http."""
+    return urlsplit(url).netloc == request.headers.get("host", "")
 
 
 async def _form(request: Request) -> dict[str, str]:
