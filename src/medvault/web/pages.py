@@ -37,14 +37,6 @@ from medvault.records import guard, service
 from medvault.records.errors import NotFound
 from medvault.smart import tokens
 from medvault.store.crypto_context import CryptoContext
-from medvault.web import (
-    apps,
-    break_glass_pages,
-    community_directory_pages,
-    community_message_pages,
-    community_pages,
-    emergency_pages,
-)
 
 COOKIE = "__Host-medvault"
 # No script, no frames, no third-party anything; forms post only to us.
@@ -588,6 +580,8 @@ def build_router(deps: PageDeps) -> APIRouter:
         live, _ = live_session(request)
         unseen = 0
         if live.actor.role == "patient" and live.actor.patient_id:
+            from medvault.web import break_glass_pages  # noqa: PLC0415 - see install()
+
             unseen = break_glass_pages.unseen_count(deps, live.actor.patient_id)
         return page("home.html", live=live, unseen=unseen)
 
@@ -767,6 +761,17 @@ def _row(entry: audit_log.Logged, patient_id: str) -> _Row:
 def install(app: Any, deps: PageDeps) -> None:
     """Routes, static files and the two page-level exception handlers."""
     app.include_router(build_router(deps))
+    # The page modules import this one (sessions, CSRF, `page`): imported here, not at the top, so
+    # that importing any of them first (the community JSON API imports community_common) is no cycle.
+    from medvault.web import (  # noqa: PLC0415
+        apps,
+        break_glass_pages,
+        community_directory_pages,
+        community_message_pages,
+        community_pages,
+        emergency_pages,
+    )
+
     apps.install(app, deps)
     emergency_pages.install(app, deps)
     break_glass_pages.install(app, deps)
