@@ -11,6 +11,10 @@ The attacker is made as strong as we could:
   is switched off: worst case), each query reveals the band to every target;
 * an **oracle**: at every query it knows the current partition, i.e. which effective cell any
   place maps to (a real attacker would have to infer it);
+* its accounts see from wherever they are placed at once, as if their placement had settled (the
+  service lists an account, and shows it anyone, only once its placement counts: a real attacker
+  who moves sees nothing for 28 days); their placements count towards k only once settled, as in
+  the service;
 * it multilaterates over a fine grid of candidate points (grouped by the fine cell they fall in,
   since nothing finer can ever change an answer), keeping exactly the candidates consistent with
   every band seen;

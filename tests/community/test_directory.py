@@ -5,16 +5,19 @@ row, indistinguishability of two members of one cell (hypothesis), and a stolen-
 
 from __future__ import annotations
 
+import itertools
 import struct
 import subprocess
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import h3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from medvault.auth.accounts import Actor
 from medvault.community import directory, geo, limits, members, messages
@@ -210,6 +213,100 @@ def test_moved_placements_count_towards_k_only_after_the_settle_period(vault_env
     assert renamed.counts_from == NOW + timedelta(days=28)
     moved = _place(vault_env, people[1], FAR[0], policy=waiting, now=later)
     assert moved.counts_from == later + timedelta(days=28)
+
+
+def _listed_cells(env: Any) -> dict[str, str]:
+    with unit_of_work(env.factory) as session:
+        rows = session.execute(select(CommunityDirEntry.member_id, CommunityDirEntry.cell)).all()
+    return {r.member_id: r.cell for r in rows if r.cell is not None}
+
+
+def _assert_listed_cells_hide_k_in_the_floor(env: Any, policy: geo.CellPolicy) -> None:
+    """Every cell a listed entry maps to holds >= k listed members and, once the listed cells
+    nested inside it are taken away, still spans >= z ZIP areas."""
+    cells = _listed_cells(env)
+    counts = Counter(cells.values())
+    for cell, n in counts.items():
+        assert n >= policy.min_members, (cell, n)
+        res = h3.get_resolution(cell)
+        inner = [c for c in counts if h3.get_resolution(c) > res and h3.cell_to_parent(c, res) == cell]
+        outermost = [
+            c
+            for c in inner
+            if not any(
+                h3.get_resolution(o) < h3.get_resolution(c) and h3.cell_to_parent(c, h3.get_resolution(o)) == o
+                for o in inner
+            )
+        ]
+        areas = geo.postcode_count(cell) - sum(geo.postcode_count(c) for c in outermost)
+        assert areas >= policy.min_postcodes, (cell, areas)
+
+
+def test_a_newcomer_is_not_listed_alone_in_a_pool_its_settled_members_left(vault_env: Any) -> None:
+    """The reviewer's Racine case, shipped cells (k=10, 8 ZIP areas): settled members fill the two
+    children of a res-4 cell that can split off, leaving one ZIP (53402) in its pool; a newcomer
+    there used to be listed alone in that one-ZIP cell, to a spy placed next to them. Now neither
+    is listed before their placement counts, and afterwards only in a cell of >= k and >= z."""
+    cells = geo.CellPolicy()
+    waiting = directory.DirectoryPolicy(settle=timedelta(days=28), listing=OPEN.listing, placing=OPEN.placing)
+    parent = "84275d3ffffffff"
+    kids: dict[str, list[str]] = {}
+    for z in sorted(geo._us_zips()):
+        fine = geo.locate(country="US", postcode=z).fine
+        if h3.cell_to_parent(fine, 4) == parent and geo.postcode_count(fine) >= cells.min_postcodes:
+            kids.setdefault(fine, []).append(z)
+    old = NOW - timedelta(days=30)
+    i = 0
+    for zs in kids.values():
+        for j in range(cells.min_members):
+            _place(vault_env, _join(vault_env, i), zs[j % len(zs)], policy=waiting, now=old)
+            i += 1
+    target, spy = _join(vault_env, 900), _join(vault_env, 901)
+    assert not _place(vault_env, target, "53402", name="Target", policy=waiting).listed
+    assert not _place(vault_env, spy, "53402", policy=waiting).listed
+    with unit_of_work(vault_env.factory) as session:
+        page = directory.near(session=session, crypto=vault_env.crypto, member=spy, page=1, now=NOW, policy=waiting)
+    assert (page.listed, page.items) == (False, ())
+    assert target.id not in _listed_cells(vault_env)
+    _assert_listed_cells_hide_k_in_the_floor(vault_env, cells)
+    later = NOW + timedelta(days=28, seconds=1)
+    with unit_of_work(vault_env.factory) as session:
+        page = directory.near(session=session, crypto=vault_env.crypto, member=spy, page=1, now=later, policy=waiting)
+    listed = _listed_cells(vault_env)
+    assert page.listed
+    assert listed[target.id] == listed[spy.id]
+    _assert_listed_cells_hide_k_in_the_floor(vault_env, cells)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(placements=st.lists(st.tuples(st.sampled_from(CITY[::3]), st.booleans()), min_size=1, max_size=14))
+def test_every_listed_cell_holds_k_listed_members_and_the_floor(
+    vault_env: Any, placements: list[tuple[str, bool]]
+) -> None:
+    """Any mix of settled and waiting placements: every cell a listed entry maps to holds >= k
+    listed members and spans >= z ZIP areas (property, on both backends)."""
+    waiting = directory.DirectoryPolicy(
+        cells=SMALL, settle=timedelta(days=28), listing=OPEN.listing, placing=OPEN.placing
+    )
+    with unit_of_work(vault_env.factory) as session:  # the fixture outlives one example
+        session.execute(delete(CommunityDirEntry))
+    for zip_code, settled in placements:
+        m = _join(vault_env, next(_fresh_ids))
+        _place(vault_env, m, zip_code, policy=waiting, now=NOW - timedelta(days=30) if settled else NOW)
+    with unit_of_work(vault_env.factory) as session:
+        directory._recompute(
+            session=session,
+            crypto=vault_env.crypto,
+            region=geo.root_of(geo.locate(country="US", postcode=CITY[0]).fine),
+            policy=waiting,
+            now=NOW,
+        )
+    _assert_listed_cells_hide_k_in_the_floor(vault_env, SMALL)
+    listed = _listed_cells(vault_env)
+    assert len(listed) <= sum(settled for _z, settled in placements)
+
+
+_fresh_ids = itertools.count(10_000)  # members of earlier examples stay in the fixture's vault
 
 
 def test_listing_views_and_placements_are_rate_limited_per_account(town: Any) -> None:

@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 
 import h3
 import pytest
+import zipcodes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -70,10 +71,36 @@ def test_every_effective_cell_holds_k_members_and_the_static_floor(picks: list[s
             continue
         assert h3.cell_to_parent(fine, h3.get_resolution(cell)) == cell
         groups[cell] += n
-    for cell, n in groups.items():
-        assert n >= k
+    assert all(n >= k for n in groups.values())
+    # The static floor holds for every cell of the partition, empty pools included:
+    # whoever lands in a cell later is never placed in fewer than z ZIP areas.
+    for cell in part.cells:
         if h3.get_resolution(cell) > geo.ROOT_RES:
-            assert _region_areas(part, cell) >= z
+            assert _region_areas(part, cell) >= z, cell
     # Order and representation do not matter, only the counts.
     assert geo.partition(Counter(reversed(picks)), policy) == part
     assert geo.partition({**counts, FINES[0]: counts.get(FINES[0], 0)}, policy) == part
+
+
+def _root_fines() -> dict[str, set[str]]:
+    by_root: dict[str, set[str]] = defaultdict(set)
+    for z in zipcodes.list_all():  # type: ignore[no-untyped-call]
+        if z.get("country") == "US" and z.get("lat") and z.get("long"):
+            fine = geo.locate(country="US", postcode=str(z["zip_code"])).fine
+            by_root[geo.root_of(fine)].add(fine)
+    return by_root
+
+
+def test_a_pool_left_empty_by_split_children_still_spans_the_floor() -> None:
+    """Racine, WI: the settled members of a res-4 cell all sit in its two children that can split
+    off, leaving one ZIP (53402) in the parent's pool. The pool must not stay a one-ZIP cell that
+    a newcomer there would be mapped to."""
+    policy = geo.CellPolicy()
+    parent = "84275d3ffffffff"
+    in_root = _root_fines()[geo.root_of(geo.locate(country="US", postcode="53402").fine)]
+    kids = {f for f in in_root if h3.cell_to_parent(f, 4) == parent and geo.postcode_count(f) >= policy.min_postcodes}
+    assert len(kids) == 2
+    part = geo.partition(dict.fromkeys(kids, policy.min_members), policy)
+    newcomer = part.effective(geo.locate(country="US", postcode="53402").fine)
+    assert newcomer is not None
+    assert _region_areas(part, newcomer) >= policy.min_postcodes

@@ -11,7 +11,8 @@ Why the answers cannot be sharpened:
 * listings are ordered by band and then by the random public handle, never by a finer distance;
 * answers are deterministic, so repeating a query gains nothing, and listing views and placements
   are rate-limited per account;
-* a new or moved placement only counts towards k after `settle` (28 days by default): sybil
+* a new or moved placement is listed, and counts towards k, only after `settle` (28 days by
+  default; until then the member sees nobody and is shown to nobody): sybil
   accounts parked next to a target cannot split a cell within the time 1,000 listing views take
   under the listing limit (40 a day), and even then never below the static floor.
 
@@ -163,7 +164,10 @@ def _recompute(*, session: Session, crypto: CryptoContext, region: str, policy: 
     settled = Counter(fines[r.member_id] for r in rows if r.counts_from <= now)
     part = geo.partition(settled, policy.cells)
     for r in rows:
-        cell = part.effective(fines[r.member_id])
+        # Only placements the partition counted are listed: a waiting one mapped into a cell
+        # would be an extra member the cell's k never saw (alone, in a pool its settled members
+        # all left). It gets its cell when it starts to count (`due`, `_refresh_due`).
+        cell = part.effective(fines[r.member_id]) if r.counts_from <= now else None
         if cell != r.cell:
             session.execute(
                 update(CommunityDirEntry).where(CommunityDirEntry.member_id == r.member_id).values(cell=cell)
