@@ -180,10 +180,31 @@ def test_a_lone_member_is_neither_shown_nor_shown_anything(town: Any) -> None:
     lone = _join(env, 99)
     mine = _place(env, lone, "99501")  # Anchorage: nobody else in that root cell
     assert not mine.listed
+    assert not mine.sparse
     with unit_of_work(env.factory) as session:
         page = directory.near(session=session, crypto=env.crypto, member=lone, page=1, now=NOW, policy=OPEN)
     assert (page.listed, page.items) == (False, ())
     assert lone.id not in {x.handle for x in _all_pages(env, people[0])}
+
+
+def test_members_of_a_root_below_the_area_floor_are_never_listed(vault_env: Any) -> None:
+    """Ocean City, MD: its root cell holds only 21842/21843 (one standard ZIP area). Ten settled
+    members there used to be listed in the root, i.e. placed to one town; now nobody is, and
+    they are told why."""
+    cells = geo.CellPolicy()
+    policy = directory.DirectoryPolicy(cells=cells, settle=timedelta(0), listing=OPEN.listing, placing=OPEN.placing)
+    assert geo.postcode_count(geo.root_of(geo.locate(country="US", postcode="21842").fine)) < cells.min_postcodes
+    people = [_join(vault_env, i) for i in range(cells.min_members + 1)]
+    for m in people:
+        mine = _place(vault_env, m, "21842", policy=policy)
+    assert not mine.listed
+    assert mine.sparse
+    with unit_of_work(vault_env.factory) as session:
+        page = directory.near(
+            session=session, crypto=vault_env.crypto, member=people[0], page=1, now=NOW, policy=policy
+        )
+    assert (page.listed, page.items) == (False, ())
+    assert _listed_cells(vault_env) == {}
 
 
 def test_moved_placements_count_towards_k_only_after_the_settle_period(vault_env: Any) -> None:

@@ -72,11 +72,10 @@ def test_every_effective_cell_holds_k_members_and_the_static_floor(picks: list[s
         assert h3.cell_to_parent(fine, h3.get_resolution(cell)) == cell
         groups[cell] += n
     assert all(n >= k for n in groups.values())
-    # The static floor holds for every cell of the partition, empty pools included:
+    # The static floor holds for every cell of the partition, roots and empty pools included:
     # whoever lands in a cell later is never placed in fewer than z ZIP areas.
     for cell in part.cells:
-        if h3.get_resolution(cell) > geo.ROOT_RES:
-            assert _region_areas(part, cell) >= z, cell
+        assert _region_areas(part, cell) >= z, cell
     # Order and representation do not matter, only the counts.
     assert geo.partition(Counter(reversed(picks)), policy) == part
     assert geo.partition({**counts, FINES[0]: counts.get(FINES[0], 0)}, policy) == part
@@ -89,6 +88,26 @@ def _root_fines() -> dict[str, set[str]]:
             fine = geo.locate(country="US", postcode=str(z["zip_code"])).fine
             by_root[geo.root_of(fine)].add(fine)
     return by_root
+
+
+def test_the_area_floor_holds_in_every_us_root_even_fully_packed() -> None:
+    """Every US root, with k members in each of its fine cells (the most it can be split): no cell
+    of any partition spans fewer than z ZIP areas, and a root below the floor itself (Ocean City
+    MD, Juneau, Big Sur, Guam...) lists nobody however many members it has."""
+    policy = geo.CellPolicy()
+    k, z = policy.min_members, policy.min_postcodes
+    sparse = 0
+    for root, fines in sorted(_root_fines().items()):
+        part = geo.partition(dict.fromkeys(fines, k), policy)
+        if geo.postcode_count(root) < z:
+            sparse += 1
+            assert part.cells == frozenset(), root
+            assert all(part.effective(f) is None for f in fines)
+        for cell in part.cells:
+            assert _region_areas(part, cell) >= z, (root, cell)
+    ocean_city = geo.root_of(geo.locate(country="US", postcode="21842").fine)
+    assert geo.postcode_count(ocean_city) < z
+    assert sparse > 10  # the check above did meet sparse roots
 
 
 def test_a_pool_left_empty_by_split_children_still_spans_the_floor() -> None:

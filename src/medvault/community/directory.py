@@ -104,6 +104,8 @@ class Mine:
     listed: bool
     placed: datetime
     counts_from: datetime
+    # The whole region (root cell) spans fewer ZIP areas than the floor: never listed there.
+    sparse: bool = False
 
 
 _MEMBER_SYSTEM = "urn:medvault:community-member"
@@ -245,7 +247,7 @@ def opt_in(
     new_region = geo.root_of(place.fine)
     for region in sorted({new_region} | ({old_region} if old_region else set())):
         _recompute(session=session, crypto=crypto, region=region, policy=policy, now=now)
-    found = mine(session=session, crypto=crypto, member=member)
+    found = mine(session=session, crypto=crypto, member=member, policy=policy)
     assert found is not None
     auditing.record(
         session=session,
@@ -288,7 +290,9 @@ def opt_out(
     return removed
 
 
-def mine(*, session: Session, crypto: CryptoContext, member: Member) -> Mine | None:
+def mine(
+    *, session: Session, crypto: CryptoContext, member: Member, policy: DirectoryPolicy = DEFAULT_POLICY
+) -> Mine | None:
     """The member's own entry (postcode and name opened for them alone), or None."""
     row = session.get(CommunityDirEntry, member.id, populate_existing=True)
     if row is None:
@@ -309,6 +313,7 @@ def mine(*, session: Session, crypto: CryptoContext, member: Member) -> Mine | N
         listed=row.cell is not None,
         placed=row.placed,
         counts_from=row.counts_from,
+        sparse=geo.postcode_count(row.region) < policy.cells.min_postcodes,
     )
 
 

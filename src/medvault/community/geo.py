@@ -10,10 +10,11 @@ The model, and why it resists triangulation:
   only where a child holds at least `min_members` members **and** at least `min_postcodes` US
   ZIP areas; children that do not qualify stay pooled in their parent, and the pool itself must
   also hold `min_members` members and `min_postcodes` ZIP areas, or qualifying children are folded
-  back (smallest first) until it does (the area floor holds for an empty pool too). So every
-  effective cell holds at least k members (k-anonymity among the members it is built from: the
-  directory lists only those, see directory.py), and spans at least `min_postcodes` ZIP areas.
-  The second condition is static (it
+  back (smallest first) until it does (the area floor holds for an empty pool too). A root is
+  used only if it spans `min_postcodes` ZIP areas itself; members of a sparser root are never
+  listed. So every effective cell holds at least k members (k-anonymity among the members it is
+  built from: the directory lists only those, see directory.py), and spans at least
+  `min_postcodes` ZIP areas. The second condition is static (it
   does not depend on who opted in): an attacker who adds its own accounts can make a cell reach k
   sooner, but can never split the map finer than that floor. In a dense city the floor is the fine
   resolution; in the countryside it is hundreds to thousands of km².
@@ -189,7 +190,10 @@ def partition(fine_counts: Mapping[str, int], policy: CellPolicy) -> Partition:
     cells: set[str] = set()
     roots = sorted({c for c in members if h3.get_resolution(c) == ROOT_RES})
     for root in roots:
-        if members[root] >= policy.min_members:
+        # The static floor holds for roots too: a root with fewer than `min_postcodes` ZIP areas
+        # (Ocean City MD, Juneau, Big Sur, Guam...) would place everyone in it at one town or two,
+        # so nobody there is listed, however many members it has.
+        if members[root] >= policy.min_members and postcode_count(root) >= policy.min_postcodes:
             _split(root, members, children, policy, cells)
     return Partition(frozenset(cells))
 

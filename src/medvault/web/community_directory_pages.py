@@ -64,7 +64,7 @@ def build_router(deps: pages.PageDeps, default: directory.DirectoryPolicy) -> AP
         with unit_of_work(deps.factory) as session:
             member = members.by_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id)
             if member is not None:
-                mine = directory.mine(session=session, crypto=deps.crypto, member=member)
+                mine = directory.mine(session=session, crypto=deps.crypto, member=member, policy=policy)
         if member is not None and mine is not None and form is None:
             try:
                 with unit_of_work(deps.factory) as session:
@@ -90,6 +90,7 @@ def build_router(deps: pages.PageDeps, default: directory.DirectoryPolicy) -> AP
             k=policy.cells.min_members,
             areas=policy.cells.min_postcodes,
             settle_days=policy.settle.days,
+            now=now,
             name_max=directory.NAME_MAX,
         )
 
