@@ -148,8 +148,30 @@ def _lock_region(session: Session, region: str) -> None:
     )
 
 
+def _lock_regions(session: Session, regions: Iterable[str]) -> list[str]:
+    """Lock regions in sorted order. Every writer takes its region locks in this order *before*
+    it writes any entry row (recomputation rewrites other members' rows under the region lock),
+    so two writers never hold what the other waits for (PostgreSQL deadlocks otherwise)."""
+    ordered = sorted(set(regions))
+    for region in ordered:
+        _lock_region(session, region)
+    return ordered
+
+
+def _entry_locked(session: Session, member_id: str, locked: list[str]) -> CommunityDirEntry | None:
+    """The member's entry, read again under the `locked` regions (taken first, then re-read: a
+    concurrent move may have changed the region in between; then that one is locked too)."""
+    while True:
+        row = session.get(CommunityDirEntry, member_id, populate_existing=True)
+        if row is None or row.region in locked:
+            return row
+        # Only the same member moving concurrently can get here twice; out of order then at worst.
+        locked = sorted({*locked, *_lock_regions(session, [row.region])})
+
+
 def _recompute(*, session: Session, crypto: CryptoContext, region: str, policy: DirectoryPolicy, now: datetime) -> None:
-    """Re-partition one region from the settled placements in it and store each entry's cell."""
+    """Re-partition one region from the settled placements in it and store each entry's cell.
+    The caller holds the region's lock already (taken again here, which is a no-op for order)."""
     _lock_region(session, region)
     _dk, key = crypto.data_key(session, purpose="identity", owner=_DIRECTORY_OWNER)
     rows = session.execute(
@@ -185,7 +207,7 @@ def _refresh_due(*, session: Session, crypto: CryptoContext, policy: DirectoryPo
     due = session.execute(
         select(CommunityDirRegion.region).where(CommunityDirRegion.due.is_not(None), CommunityDirRegion.due <= now)
     ).scalars()
-    for region in sorted(due):
+    for region in _lock_regions(session, due):  # all of them first, in the one order
         _recompute(session=session, crypto=crypto, region=region, policy=policy, now=now)
 
 
@@ -214,7 +236,11 @@ def opt_in(
     limits.take(session=session, limit=policy.placing, subject=_subject(crypto, member), now=now)
     _dk, shared = crypto.data_key(session, purpose="identity", owner=_DIRECTORY_OWNER)
     _mk, own = crypto.data_key(session, purpose="identity", owner=member.key_owner)
-    row = session.get(CommunityDirEntry, member.id)
+    new_region = geo.root_of(place.fine)
+    # Regions first (sorted), then the entry, re-read under them; see _lock_regions.
+    current = session.get(CommunityDirEntry, member.id)
+    locked = _lock_regions(session, [new_region, *([current.region] if current is not None else [])])
+    row = _entry_locked(session, member.id, locked)
     old_region = row.region if row is not None else None
     same_place = (
         row is not None
@@ -230,7 +256,7 @@ def opt_in(
     if row is None:
         row = CommunityDirEntry(
             member_id=member.id,
-            region=geo.root_of(place.fine),
+            region=new_region,
             cell=None,
             placed=now,
             counts_from=now + policy.settle,
@@ -240,11 +266,10 @@ def opt_in(
     else:
         for column, value in values.items():
             setattr(row, column, value)
-        row.region = geo.root_of(place.fine)
+        row.region = new_region
         if not same_place:
             row.placed, row.counts_from = now, now + policy.settle
     session.flush()
-    new_region = geo.root_of(place.fine)
     for region in sorted({new_region} | ({old_region} if old_region else set())):
         _recompute(session=session, crypto=crypto, region=region, policy=policy, now=now)
     found = mine(session=session, crypto=crypto, member=member, policy=policy)
@@ -261,7 +286,11 @@ def opt_in(
 
 
 def _remove(*, session: Session, crypto: CryptoContext, member: Member, policy: DirectoryPolicy, now: datetime) -> bool:
-    row = session.get(CommunityDirEntry, member.id)
+    current = session.get(CommunityDirEntry, member.id)
+    if current is None:
+        return False
+    locked = _lock_regions(session, [current.region])  # the region first, then the entry
+    row = _entry_locked(session, member.id, locked)
     if row is None:
         return False
     region = row.region
