@@ -316,12 +316,13 @@ class Attacker:
 
     def estimates(self, t: int) -> tuple[Point, Point]:
         """(centre of the feasible region, best ZIP-prior point) for target t."""
-        cells = self.feasible[t]
-        lat = sum(self.universe.grid[c][0] for c in cells)
-        lng = sum(self.universe.grid[c][1] for c in cells)
+        # Sorted: float sums over a set depend on its order, i.e. on PYTHONHASHSEED.
+        cells = sorted(self.feasible[t])
+        lat = math.fsum(self.universe.grid[c][0] for c in cells)
+        lng = math.fsum(self.universe.grid[c][1] for c in cells)
         n = sum(self.universe.grid[c][2] for c in cells)
         centre = (lat / n, lng / n)
-        zips = [p for c in sorted(cells) for p in self.universe.prior.get(c, ())]
+        zips = [p for c in cells for p in self.universe.prior.get(c, ())]
         if not zips:
             return centre, centre
         options = zips if len(zips) <= 150 else random.Random(t).sample(zips, 150)
