@@ -82,7 +82,9 @@ def _all_pages(env: Any, member: members.Member, *, policy: directory.DirectoryP
     page = 1
     while True:
         with unit_of_work(env.factory) as session:
-            got = directory.near(session=session, crypto=env.crypto, member=member, page=page, now=NOW, policy=policy)
+            got = directory.near(
+                address=None, session=session, crypto=env.crypto, member=member, page=page, now=NOW, policy=policy
+            )
         out.extend(got.items)
         if not got.has_more:
             return out
@@ -110,7 +112,9 @@ def test_opt_in_is_off_by_default_and_bad_input_is_refused_without_echo(vault_en
         assert directory.mine(session=session, crypto=vault_env.crypto, member=m) is None
         assert directory.export_member(session=session, crypto=vault_env.crypto, member=m) == {"opted_in": False}
         with pytest.raises(CommunityError, match="opt in"):
-            directory.near(session=session, crypto=vault_env.crypto, member=m, page=1, now=NOW, policy=OPEN)
+            directory.near(
+                address=None, session=session, crypto=vault_env.crypto, member=m, page=1, now=NOW, policy=OPEN
+            )
     cases = [
         ({"country": "GB", "postcode": "SW1A 1AA"}, geo.Unsupported, "country"),
         ({"country": "US", "postcode": "1234x"}, CommunityError, "postcode"),
@@ -153,11 +157,15 @@ def test_near_lists_others_by_band_then_handle_with_paging(town: Any) -> None:
     assert by_handle[people[2].id].name == "Canary Name 02"
     assert by_handle[people[3].id].name is None
     with unit_of_work(env.factory) as session:
-        first = directory.near(session=session, crypto=env.crypto, member=people[0], page=1, now=NOW, policy=OPEN)
+        first = directory.near(
+            address=None, session=session, crypto=env.crypto, member=people[0], page=1, now=NOW, policy=OPEN
+        )
         assert len(first.items) == 5
         assert first.has_more
         with pytest.raises(CommunityError):
-            directory.near(session=session, crypto=env.crypto, member=people[0], page=0, now=NOW, policy=OPEN)
+            directory.near(
+                address=None, session=session, crypto=env.crypto, member=people[0], page=0, now=NOW, policy=OPEN
+            )
 
 
 def test_the_listing_is_exactly_the_attack_models_answer(town: Any) -> None:
@@ -183,7 +191,9 @@ def test_a_lone_member_is_neither_shown_nor_shown_anything(town: Any) -> None:
     assert not mine.listed
     assert not mine.sparse
     with unit_of_work(env.factory) as session:
-        page = directory.near(session=session, crypto=env.crypto, member=lone, page=1, now=NOW, policy=OPEN)
+        page = directory.near(
+            address=None, session=session, crypto=env.crypto, member=lone, page=1, now=NOW, policy=OPEN
+        )
     assert (page.listed, page.items) == (False, ())
     assert lone.id not in {x.handle for x in _all_pages(env, people[0])}
 
@@ -202,7 +212,7 @@ def test_members_of_a_root_below_the_area_floor_are_never_listed(vault_env: Any)
     assert mine.sparse
     with unit_of_work(vault_env.factory) as session:
         page = directory.near(
-            session=session, crypto=vault_env.crypto, member=people[0], page=1, now=NOW, policy=policy
+            address=None, session=session, crypto=vault_env.crypto, member=people[0], page=1, now=NOW, policy=policy
         )
     assert (page.listed, page.items) == (False, ())
     assert _listed_cells(vault_env) == {}
@@ -220,13 +230,13 @@ def test_moved_placements_count_towards_k_only_after_the_settle_period(vault_env
         _place(vault_env, m, z, policy=waiting)
     with unit_of_work(vault_env.factory) as session:
         early = directory.near(
-            session=session, crypto=vault_env.crypto, member=people[0], page=1, now=NOW, policy=waiting
+            address=None, session=session, crypto=vault_env.crypto, member=people[0], page=1, now=NOW, policy=waiting
         )
     assert not early.listed  # nobody counts yet: nobody is shown
     later = NOW + timedelta(days=28, seconds=1)
     with unit_of_work(vault_env.factory) as session:
         settled = directory.near(
-            session=session, crypto=vault_env.crypto, member=people[0], page=1, now=later, policy=waiting
+            address=None, session=session, crypto=vault_env.crypto, member=people[0], page=1, now=later, policy=waiting
         )
     assert settled.listed
     assert {x.handle for x in settled.items} == {p.id for p in people[1:]}
@@ -287,13 +297,17 @@ def test_a_newcomer_is_not_listed_alone_in_a_pool_its_settled_members_left(vault
     assert not _place(vault_env, target, "53402", name="Target", policy=waiting).listed
     assert not _place(vault_env, spy, "53402", policy=waiting).listed
     with unit_of_work(vault_env.factory) as session:
-        page = directory.near(session=session, crypto=vault_env.crypto, member=spy, page=1, now=NOW, policy=waiting)
+        page = directory.near(
+            address=None, session=session, crypto=vault_env.crypto, member=spy, page=1, now=NOW, policy=waiting
+        )
     assert (page.listed, page.items) == (False, ())
     assert target.id not in _listed_cells(vault_env)
     _assert_listed_cells_hide_k_in_the_floor(vault_env, cells)
     later = NOW + timedelta(days=28, seconds=1)
     with unit_of_work(vault_env.factory) as session:
-        page = directory.near(session=session, crypto=vault_env.crypto, member=spy, page=1, now=later, policy=waiting)
+        page = directory.near(
+            address=None, session=session, crypto=vault_env.crypto, member=spy, page=1, now=later, policy=waiting
+        )
     listed = _listed_cells(vault_env)
     assert page.listed
     assert listed[target.id] == listed[spy.id]
@@ -354,7 +368,13 @@ def test_concurrent_moves_in_one_region_neither_fail_nor_leave_stale_cells(vault
                 if r % 3 == 2:  # a listing (which may recompute due regions) among the moves
                     with unit_of_work(vault_env.factory) as session:
                         directory.near(
-                            session=session, crypto=vault_env.crypto, member=people[t], page=1, now=NOW, policy=OPEN
+                            address=None,
+                            session=session,
+                            crypto=vault_env.crypto,
+                            member=people[t],
+                            page=1,
+                            now=NOW,
+                            policy=OPEN,
                         )
                 else:
                     _place(vault_env, people[t], spots[(t + r) % 4], name=f"n{r}")
@@ -393,14 +413,49 @@ def test_listing_views_and_placements_are_rate_limited_per_account(town: Any) ->
     )
     for _ in range(2):
         with unit_of_work(env.factory) as session:
-            directory.near(session=session, crypto=env.crypto, member=people[0], page=1, now=NOW, policy=tight)
+            directory.near(
+                address=None, session=session, crypto=env.crypto, member=people[0], page=1, now=NOW, policy=tight
+            )
     with pytest.raises(RateLimited), unit_of_work(env.factory) as session:
-        directory.near(session=session, crypto=env.crypto, member=people[0], page=2, now=NOW, policy=tight)
+        directory.near(
+            address=None, session=session, crypto=env.crypto, member=people[0], page=2, now=NOW, policy=tight
+        )
     with unit_of_work(env.factory) as session:  # another account has its own count
-        directory.near(session=session, crypto=env.crypto, member=people[1], page=1, now=NOW, policy=tight)
+        directory.near(
+            address=None, session=session, crypto=env.crypto, member=people[1], page=1, now=NOW, policy=tight
+        )
     _place(env, people[2], zips[3], policy=tight)
     with pytest.raises(RateLimited):
         _place(env, people[2], zips[4], policy=tight)
+
+
+def test_listing_views_are_rate_limited_per_address_across_accounts(town: Any) -> None:
+    """Issue item 8: per account AND per address. Accounts behind one address share its budget
+    (each still has its own); another address has its own count."""
+    env, people, _zips = town
+    tight = directory.DirectoryPolicy(
+        cells=SMALL,
+        settle=timedelta(0),
+        listing=limits.Limit(bucket="dir-list", count=2, seconds=3600),
+        listing_address=limits.Limit(bucket="dir-list-addr", count=3, seconds=3600),
+        placing=OPEN.placing,
+    )
+
+    def look(member: members.Member, address: str | None) -> None:
+        with unit_of_work(env.factory) as session:
+            directory.near(
+                session=session, crypto=env.crypto, member=member, page=1, address=address, now=NOW, policy=tight
+            )
+
+    shared = "2001:db8:1:2::/64"
+    look(people[0], shared)
+    look(people[0], shared)
+    look(people[1], shared)
+    with pytest.raises(RateLimited):  # people[1] has 1 view left on its account, none on the address
+        look(people[1], shared)
+    look(people[1], "192.0.2.7")  # another address: its own count
+    with pytest.raises(RateLimited):
+        look(people[1], "192.0.2.7")  # now the account's own limit
 
 
 def test_suspended_members_are_not_listed_and_cannot_look(town: Any) -> None:
@@ -415,7 +470,9 @@ def test_suspended_members_are_not_listed_and_cannot_look(town: Any) -> None:
     with unit_of_work(env.factory) as session:
         suspended = members.by_id(session=session, member_id=people[3].id)
         with pytest.raises(Forbidden):
-            directory.near(session=session, crypto=env.crypto, member=suspended, page=1, now=NOW, policy=OPEN)
+            directory.near(
+                address=None, session=session, crypto=env.crypto, member=suspended, page=1, now=NOW, policy=OPEN
+            )
         assert directory.excluded_for(session=session, crypto=env.crypto, viewer=people[0]) == frozenset()
 
 

@@ -65,6 +65,12 @@ class DirectoryPolicy:
     cells: geo.CellPolicy = field(default_factory=geo.CellPolicy)
     settle: timedelta = timedelta(days=28)
     listing: limits.Limit = field(default_factory=lambda: limits.Limit(bucket="dir-list", count=40, seconds=86_400))
+    # Per client address (IPv6 per /64, web/pages.throttle_address) as well as per account, so
+    # that many accounts behind one address cannot multiply the listing budget. Wider than one
+    # account's: a household or an office shares an address.
+    listing_address: limits.Limit = field(
+        default_factory=lambda: limits.Limit(bucket="dir-list-addr", count=200, seconds=86_400)
+    )
     placing: limits.Limit = field(default_factory=lambda: limits.Limit(bucket="dir-place", count=3, seconds=86_400))
     page_size: int = 20
 
@@ -352,15 +358,20 @@ def near(
     crypto: CryptoContext,
     member: Member,
     page: int,
+    address: str | None,
     now: datetime,
     policy: DirectoryPolicy = DEFAULT_POLICY,
 ) -> NearPage:
     """One page of the members near the viewer, by band. Counts one listing view against the
-    viewer's account (RateLimited past the limit). Only opted-in, listed viewers see anyone."""
+    viewer's account and against the client `address` (as the face keys it; None where there is
+    none), RateLimited past either limit. Only opted-in, listed viewers see anyone."""
     if member.suspended(now):
         raise Forbidden("suspended members cannot use the directory")
     if page < 1 or page > 10_000:
         raise CommunityError("no such page", location="page")
+    if address:
+        subject = limits.subject_token(crypto, kind="address", value=address)
+        limits.take(session=session, limit=policy.listing_address, subject=subject, now=now)
     limits.take(session=session, limit=policy.listing, subject=_subject(crypto, member), now=now)
     _refresh_due(session=session, crypto=crypto, policy=policy, now=now)
     own = session.get(CommunityDirEntry, member.id, populate_existing=True)

@@ -3,7 +3,7 @@
 A face over `community.directory`: the opt-in form (with why and what is stored), the member's own
 entry with change and opt-out, and the list of members near them by distance band, a page at a
 time. Plain forms, no script (the pages' strict CSP); sessions, CSRF and the same-origin check
-come from web/pages.py. Every listing view counts against the account's limit.
+come from web/pages.py. Every listing view counts against the account's limit and the client address's.
 """
 
 from __future__ import annotations
@@ -69,7 +69,13 @@ def build_router(deps: pages.PageDeps, default: directory.DirectoryPolicy) -> AP
             try:
                 with unit_of_work(deps.factory) as session:
                     near = directory.near(
-                        session=session, crypto=deps.crypto, member=member, page=page, now=now, policy=policy
+                        session=session,
+                        crypto=deps.crypto,
+                        member=member,
+                        page=page,
+                        address=pages.throttle_address(request.client.host) if request.client else None,
+                        now=now,
+                        policy=policy,
                     )
             except CommunityError as exc:
                 message, status = _sentence(exc), _status(exc)
