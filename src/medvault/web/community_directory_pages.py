@@ -103,7 +103,8 @@ def build_router(deps: pages.PageDeps, default: directory.DirectoryPolicy) -> AP
     @router.get(_PATH)
     def near_page(request: Request) -> HTMLResponse:
         raw = request.query_params.get("page", "1")
-        page = int(raw) if raw.isdigit() and 0 < len(raw) <= 5 else 0
+        # isascii too: str.isdigit() is true for "²" or "٣", which int() then refuses (a 500).
+        page = int(raw) if raw.isascii() and raw.isdigit() and 0 < len(raw) <= 5 else 0
         if page < 1:
             raise pages.PageRefused(404, "no such page")
         return render(request, page=page)
