@@ -417,15 +417,14 @@ def export_member(*, session: Session, crypto: CryptoContext, member: Member) ->
     found = mine(session=session, crypto=crypto, member=member)
     if found is None:
         return {"opted_in": False}
-    row = session.get(CommunityDirEntry, member.id)
-    assert row is not None
+    # No effective cell: it is the partition's, not the member's data, and publishing it would
+    # hand out the map of cells (bands already say all a member needs to know).
     return {
         "opted_in": True,
         "country": found.country,
         "postcode": found.postcode,
         "display_name": found.name,
         "listed": found.listed,
-        "area_cell": row.cell,  # the effective H3 cell other members' bands are computed from
         "placed": found.placed.isoformat(),
         "counts_from": found.counts_from.isoformat(),
     }
