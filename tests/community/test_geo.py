@@ -27,7 +27,8 @@ def test_locate_normalises_and_refuses_what_it_cannot_place() -> None:
     assert geo.root_of(place.fine) == h3.cell_to_parent(place.fine, geo.ROOT_RES)
     with pytest.raises(geo.Unsupported):
         geo.locate(country="CA", postcode="K1A 0B1")
-    for bad in ("1000", "100011", "abcde", "00000", ""):
+    arabic_indic, full_width = "\u0661\u0660\u0660\u0660\u0661", "\uff11\uff10\uff10\uff10\uff11"  # "10001"
+    for bad in ("1000", "100011", "abcde", "00000", "", arabic_indic, full_width, "10001-\u0661\u0662\u0663\u0664"):
         with pytest.raises(CommunityError) as refused:
             geo.locate(country="US", postcode=bad)
         assert refused.value.location == "postcode"

@@ -70,7 +70,8 @@ BANDS: tuple[str, ...] = (
     "more than 200 km",
 )
 
-_US_ZIP = re.compile(r"(\d{5})(?:-\d{4})?")
+# [0-9], not \d: \d also matches other scripts' digits (Arabic-Indic "10001" would pass).
+_US_ZIP = re.compile(r"([0-9]{5})(?:-[0-9]{4})?")
 
 
 class Unsupported(CommunityError):
