@@ -11,6 +11,10 @@ The attacker is made as strong as we could:
   is switched off: worst case), each query reveals the band to every target;
 * an **oracle**: at every query it knows the current partition, i.e. which effective cell any
   place maps to (a real attacker would have to infer it);
+* its accounts see from wherever they are placed at once, as if their placement had settled (the
+  service lists an account, and shows it anyone, only once its placement counts: a real attacker
+  who moves sees nothing for 28 days); their placements count towards k only once settled, as in
+  the service;
 * it multilaterates over a fine grid of candidate points (grouped by the fine cell they fall in,
   since nothing finer can ever change an answer), keeping exactly the candidates consistent with
   every band seen;
@@ -312,12 +316,13 @@ class Attacker:
 
     def estimates(self, t: int) -> tuple[Point, Point]:
         """(centre of the feasible region, best ZIP-prior point) for target t."""
-        cells = self.feasible[t]
-        lat = sum(self.universe.grid[c][0] for c in cells)
-        lng = sum(self.universe.grid[c][1] for c in cells)
+        # Sorted: float sums over a set depend on its order, i.e. on PYTHONHASHSEED.
+        cells = sorted(self.feasible[t])
+        lat = math.fsum(self.universe.grid[c][0] for c in cells)
+        lng = math.fsum(self.universe.grid[c][1] for c in cells)
         n = sum(self.universe.grid[c][2] for c in cells)
         centre = (lat / n, lng / n)
-        zips = [p for c in sorted(cells) for p in self.universe.prior.get(c, ())]
+        zips = [p for c in cells for p in self.universe.prior.get(c, ())]
         if not zips:
             return centre, centre
         options = zips if len(zips) <= 150 else random.Random(t).sample(zips, 150)

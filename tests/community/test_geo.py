@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 
 import h3
 import pytest
+import zipcodes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,8 @@ def test_locate_normalises_and_refuses_what_it_cannot_place() -> None:
     assert geo.root_of(place.fine) == h3.cell_to_parent(place.fine, geo.ROOT_RES)
     with pytest.raises(geo.Unsupported):
         geo.locate(country="CA", postcode="K1A 0B1")
-    for bad in ("1000", "100011", "abcde", "00000", ""):
+    arabic_indic, full_width = "\u0661\u0660\u0660\u0660\u0661", "\uff11\uff10\uff10\uff10\uff11"  # "10001"
+    for bad in ("1000", "100011", "abcde", "00000", "", arabic_indic, full_width, "10001-\u0661\u0662\u0663\u0664"):
         with pytest.raises(CommunityError) as refused:
             geo.locate(country="US", postcode=bad)
         assert refused.value.location == "postcode"
@@ -70,10 +72,55 @@ def test_every_effective_cell_holds_k_members_and_the_static_floor(picks: list[s
             continue
         assert h3.cell_to_parent(fine, h3.get_resolution(cell)) == cell
         groups[cell] += n
-    for cell, n in groups.items():
-        assert n >= k
-        if h3.get_resolution(cell) > geo.ROOT_RES:
-            assert _region_areas(part, cell) >= z
+    assert all(n >= k for n in groups.values())
+    # The static floor holds for every cell of the partition, roots and empty pools included:
+    # whoever lands in a cell later is never placed in fewer than z ZIP areas.
+    for cell in part.cells:
+        assert _region_areas(part, cell) >= z, cell
     # Order and representation do not matter, only the counts.
     assert geo.partition(Counter(reversed(picks)), policy) == part
     assert geo.partition({**counts, FINES[0]: counts.get(FINES[0], 0)}, policy) == part
+
+
+def _root_fines() -> dict[str, set[str]]:
+    by_root: dict[str, set[str]] = defaultdict(set)
+    for z in zipcodes.list_all():  # type: ignore[no-untyped-call]
+        if z.get("country") == "US" and z.get("lat") and z.get("long"):
+            fine = geo.locate(country="US", postcode=str(z["zip_code"])).fine
+            by_root[geo.root_of(fine)].add(fine)
+    return by_root
+
+
+def test_the_area_floor_holds_in_every_us_root_even_fully_packed() -> None:
+    """Every US root, with k members in each of its fine cells (the most it can be split): no cell
+    of any partition spans fewer than z ZIP areas, and a root below the floor itself (Ocean City
+    MD, Juneau, Big Sur, Guam...) lists nobody however many members it has."""
+    policy = geo.CellPolicy()
+    k, z = policy.min_members, policy.min_postcodes
+    sparse = 0
+    for root, fines in sorted(_root_fines().items()):
+        part = geo.partition(dict.fromkeys(fines, k), policy)
+        if geo.postcode_count(root) < z:
+            sparse += 1
+            assert part.cells == frozenset(), root
+            assert all(part.effective(f) is None for f in fines)
+        for cell in part.cells:
+            assert _region_areas(part, cell) >= z, (root, cell)
+    ocean_city = geo.root_of(geo.locate(country="US", postcode="21842").fine)
+    assert geo.postcode_count(ocean_city) < z
+    assert sparse > 10  # the check above did meet sparse roots
+
+
+def test_a_pool_left_empty_by_split_children_still_spans_the_floor() -> None:
+    """Racine, WI: the settled members of a res-4 cell all sit in its two children that can split
+    off, leaving one ZIP (53402) in the parent's pool. The pool must not stay a one-ZIP cell that
+    a newcomer there would be mapped to."""
+    policy = geo.CellPolicy()
+    parent = "84275d3ffffffff"
+    in_root = _root_fines()[geo.root_of(geo.locate(country="US", postcode="53402").fine)]
+    kids = {f for f in in_root if h3.cell_to_parent(f, 4) == parent and geo.postcode_count(f) >= policy.min_postcodes}
+    assert len(kids) == 2
+    part = geo.partition(dict.fromkeys(kids, policy.min_members), policy)
+    newcomer = part.effective(geo.locate(country="US", postcode="53402").fine)
+    assert newcomer is not None
+    assert _region_areas(part, newcomer) >= policy.min_postcodes

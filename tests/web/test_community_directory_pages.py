@@ -183,3 +183,13 @@ def test_roles_outside_the_community_are_refused(site: Any) -> None:
     _account(env, "res@example.org", "researcher")  # a role without a second factor to set up
     _sign_in(client, "res@example.org")
     assert client.get("/community/near").status_code == 404
+
+
+def test_page_numbers_in_other_scripts_are_a_404_not_a_500(site: Any) -> None:
+    """Superscript two, Arabic-Indic three and full-width three pass str.isdigit(); they are no
+    page numbers (and superscript two made int() raise: a 500)."""
+    client, _env = site
+    _sign_in(client, "pat@example.org")
+    for raw in ("%C2%B2", "%D9%A3", "%EF%BC%93", "1%C2%B2", "%00"):
+        assert client.get(f"/community/near?page={raw}").status_code == 404, raw
+    assert client.get("/community/near?page=1").status_code == 200

@@ -11,7 +11,8 @@ Why the answers cannot be sharpened:
 * listings are ordered by band and then by the random public handle, never by a finer distance;
 * answers are deterministic, so repeating a query gains nothing, and listing views and placements
   are rate-limited per account;
-* a new or moved placement only counts towards k after `settle` (28 days by default): sybil
+* a new or moved placement is listed, and counts towards k, only after `settle` (28 days by
+  default; until then the member sees nobody and is shown to nobody): sybil
   accounts parked next to a target cannot split a cell within the time 1,000 listing views take
   under the listing limit (40 a day), and even then never below the static floor.
 
@@ -64,6 +65,12 @@ class DirectoryPolicy:
     cells: geo.CellPolicy = field(default_factory=geo.CellPolicy)
     settle: timedelta = timedelta(days=28)
     listing: limits.Limit = field(default_factory=lambda: limits.Limit(bucket="dir-list", count=40, seconds=86_400))
+    # Per client address (IPv6 per /64, web/pages.throttle_address) as well as per account, so
+    # that many accounts behind one address cannot multiply the listing budget. Wider than one
+    # account's: a household or an office shares an address.
+    listing_address: limits.Limit = field(
+        default_factory=lambda: limits.Limit(bucket="dir-list-addr", count=200, seconds=86_400)
+    )
     placing: limits.Limit = field(default_factory=lambda: limits.Limit(bucket="dir-place", count=3, seconds=86_400))
     page_size: int = 20
 
@@ -103,6 +110,8 @@ class Mine:
     listed: bool
     placed: datetime
     counts_from: datetime
+    # The whole region (root cell) spans fewer ZIP areas than the floor: never listed there.
+    sparse: bool = False
 
 
 _MEMBER_SYSTEM = "urn:medvault:community-member"
@@ -145,8 +154,30 @@ def _lock_region(session: Session, region: str) -> None:
     )
 
 
+def _lock_regions(session: Session, regions: Iterable[str]) -> list[str]:
+    """Lock regions in sorted order. Every writer takes its region locks in this order *before*
+    it writes any entry row (recomputation rewrites other members' rows under the region lock),
+    so two writers never hold what the other waits for (PostgreSQL deadlocks otherwise)."""
+    ordered = sorted(set(regions))
+    for region in ordered:
+        _lock_region(session, region)
+    return ordered
+
+
+def _entry_locked(session: Session, member_id: str, locked: list[str]) -> CommunityDirEntry | None:
+    """The member's entry, read again under the `locked` regions (taken first, then re-read: a
+    concurrent move may have changed the region in between; then that one is locked too)."""
+    while True:
+        row = session.get(CommunityDirEntry, member_id, populate_existing=True)
+        if row is None or row.region in locked:
+            return row
+        # Only the same member moving concurrently can get here twice; out of order then at worst.
+        locked = sorted({*locked, *_lock_regions(session, [row.region])})
+
+
 def _recompute(*, session: Session, crypto: CryptoContext, region: str, policy: DirectoryPolicy, now: datetime) -> None:
-    """Re-partition one region from the settled placements in it and store each entry's cell."""
+    """Re-partition one region from the settled placements in it and store each entry's cell.
+    The caller holds the region's lock already (taken again here, which is a no-op for order)."""
     _lock_region(session, region)
     _dk, key = crypto.data_key(session, purpose="identity", owner=_DIRECTORY_OWNER)
     rows = session.execute(
@@ -163,7 +194,10 @@ def _recompute(*, session: Session, crypto: CryptoContext, region: str, policy: 
     settled = Counter(fines[r.member_id] for r in rows if r.counts_from <= now)
     part = geo.partition(settled, policy.cells)
     for r in rows:
-        cell = part.effective(fines[r.member_id])
+        # Only placements the partition counted are listed: a waiting one mapped into a cell
+        # would be an extra member the cell's k never saw (alone, in a pool its settled members
+        # all left). It gets its cell when it starts to count (`due`, `_refresh_due`).
+        cell = part.effective(fines[r.member_id]) if r.counts_from <= now else None
         if cell != r.cell:
             session.execute(
                 update(CommunityDirEntry).where(CommunityDirEntry.member_id == r.member_id).values(cell=cell)
@@ -179,7 +213,7 @@ def _refresh_due(*, session: Session, crypto: CryptoContext, policy: DirectoryPo
     due = session.execute(
         select(CommunityDirRegion.region).where(CommunityDirRegion.due.is_not(None), CommunityDirRegion.due <= now)
     ).scalars()
-    for region in sorted(due):
+    for region in _lock_regions(session, due):  # all of them first, in the one order
         _recompute(session=session, crypto=crypto, region=region, policy=policy, now=now)
 
 
@@ -208,7 +242,11 @@ def opt_in(
     limits.take(session=session, limit=policy.placing, subject=_subject(crypto, member), now=now)
     _dk, shared = crypto.data_key(session, purpose="identity", owner=_DIRECTORY_OWNER)
     _mk, own = crypto.data_key(session, purpose="identity", owner=member.key_owner)
-    row = session.get(CommunityDirEntry, member.id)
+    new_region = geo.root_of(place.fine)
+    # Regions first (sorted), then the entry, re-read under them; see _lock_regions.
+    current = session.get(CommunityDirEntry, member.id)
+    locked = _lock_regions(session, [new_region, *([current.region] if current is not None else [])])
+    row = _entry_locked(session, member.id, locked)
     old_region = row.region if row is not None else None
     same_place = (
         row is not None
@@ -224,7 +262,7 @@ def opt_in(
     if row is None:
         row = CommunityDirEntry(
             member_id=member.id,
-            region=geo.root_of(place.fine),
+            region=new_region,
             cell=None,
             placed=now,
             counts_from=now + policy.settle,
@@ -234,14 +272,13 @@ def opt_in(
     else:
         for column, value in values.items():
             setattr(row, column, value)
-        row.region = geo.root_of(place.fine)
+        row.region = new_region
         if not same_place:
             row.placed, row.counts_from = now, now + policy.settle
     session.flush()
-    new_region = geo.root_of(place.fine)
     for region in sorted({new_region} | ({old_region} if old_region else set())):
         _recompute(session=session, crypto=crypto, region=region, policy=policy, now=now)
-    found = mine(session=session, crypto=crypto, member=member)
+    found = mine(session=session, crypto=crypto, member=member, policy=policy)
     assert found is not None
     auditing.record(
         session=session,
@@ -255,7 +292,11 @@ def opt_in(
 
 
 def _remove(*, session: Session, crypto: CryptoContext, member: Member, policy: DirectoryPolicy, now: datetime) -> bool:
-    row = session.get(CommunityDirEntry, member.id)
+    current = session.get(CommunityDirEntry, member.id)
+    if current is None:
+        return False
+    locked = _lock_regions(session, [current.region])  # the region first, then the entry
+    row = _entry_locked(session, member.id, locked)
     if row is None:
         return False
     region = row.region
@@ -284,7 +325,9 @@ def opt_out(
     return removed
 
 
-def mine(*, session: Session, crypto: CryptoContext, member: Member) -> Mine | None:
+def mine(
+    *, session: Session, crypto: CryptoContext, member: Member, policy: DirectoryPolicy = DEFAULT_POLICY
+) -> Mine | None:
     """The member's own entry (postcode and name opened for them alone), or None."""
     row = session.get(CommunityDirEntry, member.id, populate_existing=True)
     if row is None:
@@ -305,6 +348,7 @@ def mine(*, session: Session, crypto: CryptoContext, member: Member) -> Mine | N
         listed=row.cell is not None,
         placed=row.placed,
         counts_from=row.counts_from,
+        sparse=geo.postcode_count(row.region) < policy.cells.min_postcodes,
     )
 
 
@@ -314,15 +358,20 @@ def near(
     crypto: CryptoContext,
     member: Member,
     page: int,
+    address: str | None,
     now: datetime,
     policy: DirectoryPolicy = DEFAULT_POLICY,
 ) -> NearPage:
     """One page of the members near the viewer, by band. Counts one listing view against the
-    viewer's account (RateLimited past the limit). Only opted-in, listed viewers see anyone."""
+    viewer's account and against the client `address` (as the face keys it; None where there is
+    none), RateLimited past either limit. Only opted-in, listed viewers see anyone."""
     if member.suspended(now):
         raise Forbidden("suspended members cannot use the directory")
     if page < 1 or page > 10_000:
         raise CommunityError("no such page", location="page")
+    if address:
+        subject = limits.subject_token(crypto, kind="address", value=address)
+        limits.take(session=session, limit=policy.listing_address, subject=subject, now=now)
     limits.take(session=session, limit=policy.listing, subject=_subject(crypto, member), now=now)
     _refresh_due(session=session, crypto=crypto, policy=policy, now=now)
     own = session.get(CommunityDirEntry, member.id, populate_existing=True)
@@ -368,15 +417,14 @@ def export_member(*, session: Session, crypto: CryptoContext, member: Member) ->
     found = mine(session=session, crypto=crypto, member=member)
     if found is None:
         return {"opted_in": False}
-    row = session.get(CommunityDirEntry, member.id)
-    assert row is not None
+    # No effective cell: it is the partition's, not the member's data, and publishing it would
+    # hand out the map of cells (bands already say all a member needs to know).
     return {
         "opted_in": True,
         "country": found.country,
         "postcode": found.postcode,
         "display_name": found.name,
         "listed": found.listed,
-        "area_cell": row.cell,  # the effective H3 cell other members' bands are computed from
         "placed": found.placed.isoformat(),
         "counts_from": found.counts_from.isoformat(),
     }

@@ -10,8 +10,11 @@ The model, and why it resists triangulation:
   only where a child holds at least `min_members` members **and** at least `min_postcodes` US
   ZIP areas; children that do not qualify stay pooled in their parent, and the pool itself must
   also hold `min_members` members and `min_postcodes` ZIP areas, or qualifying children are folded
-  back (smallest first) until it does. So every effective cell holds at least k members (k-anonymity
-  among members), and spans at least `min_postcodes` ZIP areas. The second condition is static (it
+  back (smallest first) until it does (the area floor holds for an empty pool too). A root is
+  used only if it spans `min_postcodes` ZIP areas itself; members of a sparser root are never
+  listed. So every effective cell holds at least k members (k-anonymity among the members it is
+  built from: the directory lists only those, see directory.py), and spans at least
+  `min_postcodes` ZIP areas. The second condition is static (it
   does not depend on who opted in): an attacker who adds its own accounts can make a cell reach k
   sooner, but can never split the map finer than that floor. In a dense city the floor is the fine
   resolution; in the countryside it is hundreds to thousands of km².
@@ -67,7 +70,8 @@ BANDS: tuple[str, ...] = (
     "more than 200 km",
 )
 
-_US_ZIP = re.compile(r"(\d{5})(?:-\d{4})?")
+# [0-9], not \d: \d also matches other scripts' digits (Arabic-Indic "10001" would pass).
+_US_ZIP = re.compile(r"([0-9]{5})(?:-[0-9]{4})?")
 
 
 class Unsupported(CommunityError):
@@ -162,7 +166,9 @@ class Partition:
     cells: frozenset[str]
 
     def effective(self, fine: str) -> str | None:
-        """The effective cell of a fine cell, or None where its root has fewer than k members."""
+        """The effective cell of a fine cell, or None where its root has fewer than k members or
+        fewer ZIP areas than the floor. Only meaningful for the places the partition was built
+        from: anyone else mapped here is not counted in the cell's k."""
         for cell in reversed(_chain(fine)):
             if cell in self.cells:
                 return cell
@@ -185,7 +191,10 @@ def partition(fine_counts: Mapping[str, int], policy: CellPolicy) -> Partition:
     cells: set[str] = set()
     roots = sorted({c for c in members if h3.get_resolution(c) == ROOT_RES})
     for root in roots:
-        if members[root] >= policy.min_members:
+        # The static floor holds for roots too: a root with fewer than `min_postcodes` ZIP areas
+        # (Ocean City MD, Juneau, Big Sur, Guam...) would place everyone in it at one town or two,
+        # so nobody there is listed, however many members it has.
+        if members[root] >= policy.min_members and postcode_count(root) >= policy.min_postcodes:
             _split(root, members, children, policy, cells)
     return Partition(frozenset(cells))
 
@@ -204,8 +213,10 @@ def _split(
     pooled = members[cell] - sum(members[c] for c in qualifying)
     pooled_areas = postcode_count(cell) - sum(postcode_count(c) for c in qualifying)
     # The pool (members left in this cell) must itself be k-anonymous and wide: fold the smallest
-    # qualifying children back into it until it is.
-    while qualifying and pooled > 0 and (pooled < k or pooled_areas < z):
+    # qualifying children back into it until it is. The area floor applies even to an empty pool:
+    # the cell stays in the partition, so whoever is placed in the leftover later (a newcomer
+    # whose placement starts to count, a PO-box ZIP) must land in an area of at least z ZIPs.
+    while qualifying and (0 < pooled < k or pooled_areas < z):
         back = qualifying.pop(0)
         pooled += members[back]
         pooled_areas += postcode_count(back)

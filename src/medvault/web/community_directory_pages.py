@@ -3,7 +3,7 @@
 A face over `community.directory`: the opt-in form (with why and what is stored), the member's own
 entry with change and opt-out, and the list of members near them by distance band, a page at a
 time. Plain forms, no script (the pages' strict CSP); sessions, CSRF and the same-origin check
-come from web/pages.py. Every listing view counts against the account's limit.
+come from web/pages.py. Every listing view counts against the account's limit and the client address's.
 """
 
 from __future__ import annotations
@@ -64,12 +64,18 @@ def build_router(deps: pages.PageDeps, default: directory.DirectoryPolicy) -> AP
         with unit_of_work(deps.factory) as session:
             member = members.by_account(session=session, crypto=deps.crypto, account_id=live.actor.account_id)
             if member is not None:
-                mine = directory.mine(session=session, crypto=deps.crypto, member=member)
+                mine = directory.mine(session=session, crypto=deps.crypto, member=member, policy=policy)
         if member is not None and mine is not None and form is None:
             try:
                 with unit_of_work(deps.factory) as session:
                     near = directory.near(
-                        session=session, crypto=deps.crypto, member=member, page=page, now=now, policy=policy
+                        session=session,
+                        crypto=deps.crypto,
+                        member=member,
+                        page=page,
+                        address=pages.throttle_address(request.client.host) if request.client else None,
+                        now=now,
+                        policy=policy,
                     )
             except CommunityError as exc:
                 message, status = _sentence(exc), _status(exc)
@@ -90,13 +96,15 @@ def build_router(deps: pages.PageDeps, default: directory.DirectoryPolicy) -> AP
             k=policy.cells.min_members,
             areas=policy.cells.min_postcodes,
             settle_days=policy.settle.days,
+            now=now,
             name_max=directory.NAME_MAX,
         )
 
     @router.get(_PATH)
     def near_page(request: Request) -> HTMLResponse:
         raw = request.query_params.get("page", "1")
-        page = int(raw) if raw.isdigit() and 0 < len(raw) <= 5 else 0
+        # isascii too: str.isdigit() is true for "²" or "٣", which int() then refuses (a 500).
+        page = int(raw) if raw.isascii() and raw.isdigit() and 0 < len(raw) <= 5 else 0
         if page < 1:
             raise pages.PageRefused(404, "no such page")
         return render(request, page=page)
