@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import anyio.to_thread
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
@@ -95,9 +94,9 @@ class Responders:
             response = await self._manifest(request, param, address)
         elif route is _MANIFEST_ROUTE and method == "GET":
             recipient = request.query_params.get("recipient")
-            response = await anyio.to_thread.run_sync(self._direct, param, recipient, address)
+            response = await self._direct(param, recipient, address)
         elif route is _FILE_ROUTE and method == "GET":
-            response = await anyio.to_thread.run_sync(self._file, param, address)
+            response = await self._file(param, address)
         else:
             allow = "GET, POST" if route is _MANIFEST_ROUTE else "GET"
             response = _json(405, {"error": "not-supported", "message": "method not allowed"})
@@ -115,33 +114,31 @@ class Responders:
             return _json(400, {"error": "invalid", "message": "the body must be a JSON object"})
         root = base_url(request)
         deps = self.deps
-
-        def run() -> Response:
-            try:
-                out = links.open_manifest(
-                    factory=deps.factory,
-                    crypto=deps.crypto,
-                    hasher=deps.hasher,
-                    link_id=link_id,
-                    recipient=body.get("recipient"),
-                    passcode=body.get("passcode"),
-                    embedded_length_max=body.get("embeddedLengthMax"),
-                    base_url=root,
-                    address=address,
-                )
-            except links.BadShlRequest as exc:
-                return _json(400, {"error": "invalid", "message": str(exc)})
-            except ShlPasscodeError as exc:
-                return _json(401, {"remainingAttempts": exc.remaining_attempts})
-            except ShlUnavailable:
-                return _json(404, _GONE)
-            return _json(200, out)
-
-        return await anyio.to_thread.run_sync(run)
-
-    def _direct(self, link_id: str, recipient: str | None, address: str | None) -> Response:
+        # On the event loop: the database work waits for its group (SQLite) or runs on a worker
+        # thread (PostgreSQL), and a passcode's Argon2 on a worker thread (emergency/links.py).
         try:
-            served = links.open_direct(
+            out = await links.open_manifest_async(
+                factory=deps.factory,
+                crypto=deps.crypto,
+                hasher=deps.hasher,
+                link_id=link_id,
+                recipient=body.get("recipient"),
+                passcode=body.get("passcode"),
+                embedded_length_max=body.get("embeddedLengthMax"),
+                base_url=root,
+                address=address,
+            )
+        except links.BadShlRequest as exc:
+            return _json(400, {"error": "invalid", "message": str(exc)})
+        except ShlPasscodeError as exc:
+            return _json(401, {"remainingAttempts": exc.remaining_attempts})
+        except ShlUnavailable:
+            return _json(404, _GONE)
+        return _json(200, out)
+
+    async def _direct(self, link_id: str, recipient: str | None, address: str | None) -> Response:
+        try:
+            served = await links.open_direct_async(
                 factory=self.deps.factory,
                 crypto=self.deps.crypto,
                 link_id=link_id,
@@ -154,9 +151,9 @@ class Responders:
             return _json(404, _GONE)
         return Response(served.jwe, media_type=JOSE, headers=_NO_STORE)
 
-    def _file(self, token: str, address: str | None) -> Response:
+    async def _file(self, token: str, address: str | None) -> Response:
         try:
-            served = links.open_file(
+            served = await links.open_file_async(
                 factory=self.deps.factory, crypto=self.deps.crypto, location_token=token, address=address
             )
         except ShlUnavailable:

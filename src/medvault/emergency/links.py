@@ -16,6 +16,7 @@ patient's clinical data key; the summary is stored as the compact JWE that is se
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import queue
@@ -23,11 +24,12 @@ import re
 import secrets
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar, cast
 
+import anyio.to_thread
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -846,9 +848,10 @@ _BATCH_MAX = 64
 
 
 class _Work(Generic[_T]):
-    def __init__(self, fn: Callable[[Session], _T]) -> None:
+    def __init__(self, fn: Callable[[Session], _T], notify: Callable[[], None] | None = None) -> None:
         self.fn = fn
         self.done = threading.Event()
+        self.notify = notify  # called once the outcome is set (an event loop's waiter), besides `done`
         self.result: _T | None = None
         self.error: BaseException | None = None
 
@@ -905,6 +908,8 @@ class _GroupWriter:
         finally:
             for work in group:
                 work.done.set()
+                if work.notify is not None:
+                    work.notify()
 
 
 _writers: dict[sessionmaker[Session], _GroupWriter] = {}
@@ -913,31 +918,122 @@ _IDLE_SECONDS = 30.0
 _WRITER_THREAD = "medvault-shl-writer"
 
 
-def _write(factory: sessionmaker[Session], fn: Callable[[Session], _T | _RaiseAfterCommit]) -> _T:
-    """Run `fn` in a write transaction and commit it: grouped with other responders' on SQLite,
-    its own transaction on PostgreSQL (row locks; concurrent writers scale there)."""
+def _grouped(factory: sessionmaker[Session]) -> bool:
     bind = factory.kw.get("bind")
-    result: _T | _RaiseAfterCommit
+    return bind is not None and bind.dialect.name == "sqlite"
+
+
+def _submit(factory: sessionmaker[Session], work: _Work[Any]) -> None:
     if threading.current_thread().name == _WRITER_THREAD:
         # A work item waiting on its own writer would wait forever: a programming error.
         raise RuntimeError("a responder work item must not start another responder write")
-    if bind is not None and bind.dialect.name == "sqlite":
-        work: _Work[_T | _RaiseAfterCommit] = _Work(fn)
-        with _writers_lock:
-            writer = _writers.get(factory)
-            if writer is None:
-                writer = _writers[factory] = _GroupWriter(factory)
-            writer.submit(work)
-        work.done.wait()
-        if work.error is not None:
-            raise work.error
-        result = cast("_T | _RaiseAfterCommit", work.result)
-    else:
-        with unit_of_work(factory) as session:
-            result = fn(session)
+    with _writers_lock:
+        writer = _writers.get(factory)
+        if writer is None:
+            writer = _writers[factory] = _GroupWriter(factory)
+        writer.submit(work)
+
+
+def _outcome(work: _Work[Any]) -> Any:
+    if work.error is not None:
+        raise work.error
+    result = work.result
     if isinstance(result, _RaiseAfterCommit):
         raise result.error
     return result
+
+
+def _alone(factory: sessionmaker[Session], fn: Callable[[Session], Any]) -> Any:
+    with unit_of_work(factory) as session:
+        result = fn(session)
+    if isinstance(result, _RaiseAfterCommit):
+        raise result.error
+    return result
+
+
+def _write(factory: sessionmaker[Session], fn: Callable[[Session], Any]) -> Any:
+    """Run `fn` in a write transaction and commit it: grouped with other responders' on SQLite,
+    its own transaction on PostgreSQL (row locks; concurrent writers scale there)."""
+    if not _grouped(factory):
+        if threading.current_thread().name == _WRITER_THREAD:
+            raise RuntimeError("a responder work item must not start another responder write")
+        return _alone(factory, fn)
+    work: _Work[Any] = _Work(fn)
+    _submit(factory, work)
+    work.done.wait()
+    return _outcome(work)
+
+
+async def _write_async(factory: sessionmaker[Session], fn: Callable[[Session], Any]) -> Any:
+    """`_write` for the event loop: on SQLite the request waits for its group without a worker
+    thread of its own (one hand-over less per request); PostgreSQL runs it on a worker thread."""
+    if not _grouped(factory):
+        return await anyio.to_thread.run_sync(_alone, factory, fn)
+    loop = asyncio.get_running_loop()
+    settled: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not settled.done():
+            settled.set_result(None)
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(settle)
+
+    work: _Work[Any] = _Work(fn, notify=wake)
+    _submit(factory, work)
+    await settled
+    return _outcome(work)
+
+
+# The responder flows are written once, as generators that yield what they need done: a database
+# step (`_Db`, run by `_write`) or a passcode check (`_Verify`, Argon2). `_run` drives one in the
+# calling thread (the CLI, tests); `_run_async` on the event loop (the server), where Argon2 goes
+# to a worker thread and database steps wait for their group without one.
+
+
+@dataclass(frozen=True)
+class _Db:
+    fn: Callable[[Session], Any]
+
+
+@dataclass(frozen=True)
+class _Verify:
+    stored: str
+    passcode: object
+
+
+_Flow = Generator[_Db | _Verify, Any, _T]
+
+
+def _verify(hasher: Hasher, step: _Verify) -> bool:
+    # The hasher bounds its concurrent Argon2 calls (64 MiB each): the rest queue.
+    return isinstance(step.passcode, str) and hasher.verify(stored=step.stored, password=step.passcode).ok
+
+
+def _run(factory: sessionmaker[Session], hasher: Hasher | None, flow: _Flow[_T]) -> _T:
+    try:
+        step = next(flow)
+        while True:
+            if isinstance(step, _Db):
+                step = flow.send(_write(factory, step.fn))
+            else:
+                assert hasher is not None
+                step = flow.send(_verify(hasher, step))
+    except StopIteration as stop:
+        return cast(_T, stop.value)
+
+
+async def _run_async(factory: sessionmaker[Session], hasher: Hasher | None, flow: _Flow[_T]) -> _T:
+    try:
+        step = next(flow)
+        while True:
+            if isinstance(step, _Db):
+                step = flow.send(await _write_async(factory, step.fn))
+            else:
+                assert hasher is not None
+                step = flow.send(await anyio.to_thread.run_sync(_verify, hasher, step))
+    except StopIteration as stop:
+        return cast(_T, stop.value)
 
 
 def _live(row: _Served | None, now: datetime) -> _Served:
@@ -1022,6 +1118,60 @@ def open_manifest(
     """The manifest for a responder. Raises ShlUnavailable (404) for any link that cannot be opened,
     ShlPasscodeError (401, with the remaining attempts) for a wrong or missing passcode, and
     BadShlRequest (400) for a malformed request."""
+    flow = _manifest_flow(
+        crypto=crypto,
+        link_id=link_id,
+        recipient=recipient,
+        passcode=passcode,
+        embedded_length_max=embedded_length_max,
+        base_url=base_url,
+        address=address,
+        now=now,
+    )
+    return _run(factory, hasher, flow)
+
+
+async def open_manifest_async(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    hasher: Hasher,
+    link_id: str,
+    recipient: object,
+    passcode: object = None,
+    embedded_length_max: object = None,
+    base_url: str,
+    address: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """`open_manifest` on the event loop (the server's responder endpoint)."""
+    flow = _manifest_flow(
+        crypto=crypto,
+        link_id=link_id,
+        recipient=recipient,
+        passcode=passcode,
+        embedded_length_max=embedded_length_max,
+        base_url=base_url,
+        address=address,
+        now=now,
+    )
+    return await _run_async(factory, hasher, flow)
+
+
+def _manifest_flow(
+    *,
+    crypto: CryptoContext,
+    link_id: str,
+    recipient: object,
+    passcode: object = None,
+    embedded_length_max: object = None,
+    base_url: str,
+    address: str | None = None,
+    now: datetime | None = None,
+) -> _Flow[dict[str, Any]]:
+    """The manifest for a responder. Raises ShlUnavailable (404) for any link that cannot be opened,
+    ShlPasscodeError (401, with the remaining attempts) for a wrong or missing passcode, and
+    BadShlRequest (400) for a malformed request."""
     now = _utc(now)
     who = _check_recipient(recipient)
     if passcode is not None and (not isinstance(passcode, str) or len(passcode) > MAX_PASSCODE_CHARS):
@@ -1058,12 +1208,11 @@ def open_manifest(
                 now=now,
             )
 
-        outcome: Any = _write(factory, attempt)
+        outcome = yield _Db(attempt)
         if not isinstance(outcome, _NeedsPasscode):
             return cast(dict[str, Any], outcome)
         stored_hash = outcome.stored
-        # The hasher bounds its concurrent Argon2 calls (64 MiB each): the rest queue.
-        verified = isinstance(passcode, str) and hasher.verify(stored=stored_hash, password=passcode).ok
+        verified = yield _Verify(stored_hash, passcode)
     raise ShlUnavailable("this link is not available")  # its passcode changed twice while we checked
 
 
@@ -1152,6 +1301,40 @@ def open_file(
 ) -> ServedFile:
     """The file behind a manifest's `location` (single use, at most an hour). The recipient is the
     one the manifest was opened for (kept sealed with the location), unless given."""
+    return _run(
+        factory,
+        None,
+        _file_flow(crypto=crypto, location_token=location_token, recipient=recipient, address=address, now=now),
+    )
+
+
+async def open_file_async(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    location_token: str,
+    recipient: str | None = None,
+    address: str | None = None,
+    now: datetime | None = None,
+) -> ServedFile:
+    """`open_file` on the event loop (the server's responder endpoint)."""
+    return await _run_async(
+        factory,
+        None,
+        _file_flow(crypto=crypto, location_token=location_token, recipient=recipient, address=address, now=now),
+    )
+
+
+def _file_flow(
+    *,
+    crypto: CryptoContext,
+    location_token: str,
+    recipient: str | None = None,
+    address: str | None = None,
+    now: datetime | None = None,
+) -> _Flow[ServedFile]:
+    """The file behind a manifest's `location` (single use, at most an hour). The recipient is the
+    one the manifest was opened for (kept sealed with the location), unless given."""
     now = _utc(now)
     if not _TOKEN.fullmatch(location_token):
         raise ShlUnavailable("this link is not available")
@@ -1177,7 +1360,8 @@ def open_file(
         who = recipient or crypto.sealer.open(key, bytes(taken[0][2]), aad).decode()
         return _serve(session, crypto, row, who=who, interaction="shl-file", now=now, address=address)
 
-    return _write(factory, attempt)
+    served: ServedFile = yield _Db(attempt)
+    return served
 
 
 def open_direct(
@@ -1189,6 +1373,35 @@ def open_direct(
     address: str | None = None,
     now: datetime | None = None,
 ) -> ServedFile:
+    """A `U` link's single file, fetched with `GET url?recipient=`."""
+    return _run(
+        factory, None, _direct_flow(crypto=crypto, link_id=link_id, recipient=recipient, address=address, now=now)
+    )
+
+
+async def open_direct_async(
+    *,
+    factory: sessionmaker[Session],
+    crypto: CryptoContext,
+    link_id: str,
+    recipient: object,
+    address: str | None = None,
+    now: datetime | None = None,
+) -> ServedFile:
+    """`open_direct` on the event loop (the server's responder endpoint)."""
+    return await _run_async(
+        factory, None, _direct_flow(crypto=crypto, link_id=link_id, recipient=recipient, address=address, now=now)
+    )
+
+
+def _direct_flow(
+    *,
+    crypto: CryptoContext,
+    link_id: str,
+    recipient: object,
+    address: str | None = None,
+    now: datetime | None = None,
+) -> _Flow[ServedFile]:
     """A `U` link's single file, fetched with `GET url?recipient=`."""
     now = _utc(now)
     who = _check_recipient(recipient)
@@ -1203,7 +1416,8 @@ def open_direct(
             raise ShlUnavailable("this link is not available")
         return _serve(session, crypto, row, who=who, interaction="shl-direct", now=now, address=address)
 
-    return _write(factory, attempt)
+    served: ServedFile = yield _Db(attempt)
+    return served
 
 
 def _serve(
