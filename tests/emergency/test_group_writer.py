@@ -204,3 +204,43 @@ def test_refused_openings_of_real_links_are_in_the_patients_log(vault_env: Any, 
     assert len(events) == before + 4  # the unknown id has no patient to tell
     assert sorted(e["outcomeDesc"] for e in events[:4]) == ["attempts-spent", "expired", "paused", "revoked"]
     assert all(e["outcome"] == "4" for e in events[:4])
+
+
+def test_a_waiter_that_cannot_be_woken_strands_no_one(vault_env: Any) -> None:
+    # A request whose event loop closed meanwhile (cancelled, server stopping): waking it fails,
+    # and neither the rest of its group nor the writer thread may suffer for it.
+    writer = links._GroupWriter(vault_env.factory)
+
+    def closed_loop() -> None:
+        raise RuntimeError("Event loop is closed")
+
+    group = [links._Work(_append(vault_env)), links._Work(_append(vault_env), notify=closed_loop)]
+    group.append(links._Work(_append(vault_env)))
+    writer._run_group(group)
+    assert all(w.done.is_set() for w in group)
+    assert [w.result for w in group] == ["written"] * 3
+
+
+def test_a_dead_writer_is_replaced_not_queued_to(vault_env: Any) -> None:
+    if vault_env.settings.database_url:
+        assert links._write(vault_env.factory, lambda _s: "alone") == "alone"  # no writer on PostgreSQL
+        return
+    links._write(vault_env.factory, lambda _s: None)
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    with links._writers_lock:
+        links._writers[vault_env.factory]._thread = dead  # as if the thread had died
+    assert links._write(vault_env.factory, lambda _s: "served") == "served"
+
+
+def test_a_stop_iteration_out_of_a_step_is_raised_not_taken_for_the_flow_s_end(vault_env: Any) -> None:
+    def step(_session: Session) -> None:
+        next(iter(()))  # a bug in a step: StopIteration
+
+    def flow() -> links._Flow[str]:
+        yield links._Db(step)
+        return "finished"
+
+    with pytest.raises(StopIteration):
+        links._run(vault_env.factory, None, flow())

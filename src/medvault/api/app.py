@@ -14,6 +14,7 @@ from email.utils import format_datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+import anyio.to_thread
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +29,7 @@ from medvault.api import community as community_api
 from medvault.api import community_messages, openapi, shl_routes
 from medvault.api import smart as smart_api
 from medvault.api.capability import capability_statement
+from medvault.auth.passwords import shared_hasher
 from medvault.bodies import read_capped
 from medvault.config import Settings, load_settings
 from medvault.db import make_engine, make_sessionmaker
@@ -113,6 +115,9 @@ def create_app(settings: Settings, *, per_process_log: bool = False) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The shared Argon2 hasher costs one hash to make: made here, off the event loop, rather
+        # than by the first request that asks for it (an SHL manifest asks on the loop).
+        await anyio.to_thread.run_sync(shared_hasher)
         yield
         engine.dispose()
 

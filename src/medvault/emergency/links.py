@@ -17,6 +17,7 @@ patient's clinical data key; the summary is stored as the compact JWE that is se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import queue
@@ -36,6 +37,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from medvault import logs
 from medvault.audit import log as audit_log
 from medvault.auth.passwords import Hasher
 from medvault.db import unit_of_work
@@ -909,12 +911,16 @@ class _GroupWriter:
             for work in group:
                 work.done.set()
                 if work.notify is not None:
-                    work.notify()
+                    try:
+                        work.notify()
+                    except Exception as exc:  # noqa: BLE001 - one waiter's failure must not strand the rest
+                        log.warning("a responder waiter could not be woken: %s", exc.__class__.__name__)
 
 
 _writers: dict[sessionmaker[Session], _GroupWriter] = {}
 _writers_lock = threading.Lock()
 _IDLE_SECONDS = 30.0
+log = logs.get("shl")
 _WRITER_THREAD = "medvault-shl-writer"
 
 
@@ -929,7 +935,7 @@ def _submit(factory: sessionmaker[Session], work: _Work[Any]) -> None:
         raise RuntimeError("a responder work item must not start another responder write")
     with _writers_lock:
         writer = _writers.get(factory)
-        if writer is None:
+        if writer is None or not writer._thread.is_alive():  # never queue to a writer that died
             writer = _writers[factory] = _GroupWriter(factory)
         writer.submit(work)
 
@@ -977,7 +983,8 @@ async def _write_async(factory: sessionmaker[Session], fn: Callable[[Session], A
             settled.set_result(None)
 
     def wake() -> None:
-        loop.call_soon_threadsafe(settle)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(settle)
 
     work: _Work[Any] = _Work(fn, notify=wake)
     _submit(factory, work)
@@ -1011,29 +1018,36 @@ def _verify(hasher: Hasher, step: _Verify) -> bool:
 
 
 def _run(factory: sessionmaker[Session], hasher: Hasher | None, flow: _Flow[_T]) -> _T:
-    try:
-        step = next(flow)
-        while True:
-            if isinstance(step, _Db):
-                step = flow.send(_write(factory, step.fn))
-            else:
-                assert hasher is not None
-                step = flow.send(_verify(hasher, step))
-    except StopIteration as stop:
-        return cast(_T, stop.value)
+    value: Any = None
+    while True:
+        # Only the flow's own resumption is inside the try: a StopIteration out of a step must
+        # not pass for the flow's return.
+        try:
+            step = flow.send(value)
+        except StopIteration as stop:
+            return cast(_T, stop.value)
+        if isinstance(step, _Db):
+            value = _write(factory, step.fn)
+        else:
+            assert hasher is not None
+            value = _verify(hasher, step)
 
 
 async def _run_async(factory: sessionmaker[Session], hasher: Hasher | None, flow: _Flow[_T]) -> _T:
-    try:
-        step = next(flow)
-        while True:
-            if isinstance(step, _Db):
-                step = flow.send(await _write_async(factory, step.fn))
-            else:
-                assert hasher is not None
-                step = flow.send(await anyio.to_thread.run_sync(_verify, hasher, step))
-    except StopIteration as stop:
-        return cast(_T, stop.value)
+    value: Any = None
+    while True:
+        try:
+            step = flow.send(value)
+        except StopIteration as stop:
+            return cast(_T, stop.value)
+        if isinstance(step, _Db):
+            value = await _write_async(factory, step.fn)
+        else:
+            assert hasher is not None
+            # On the hasher's own pool and bound: a queued check holds none of the threads that
+            # other requests (FastAPI's sync endpoints, PostgreSQL steps) need.
+            passcode = step.passcode
+            value = isinstance(passcode, str) and (await hasher.verify_async(stored=step.stored, password=passcode)).ok
 
 
 def _live(row: _Served | None, now: datetime) -> _Served:
