@@ -117,10 +117,8 @@ class Responders:
         # On the event loop: the database work waits for its group (SQLite) or runs on a worker
         # thread (PostgreSQL), and a passcode's Argon2 on a worker thread (emergency/links.py).
         try:
-            out = await links.open_manifest_async(
-                factory=deps.factory,
+            flow = links.manifest_flow(
                 crypto=deps.crypto,
-                hasher=deps.hasher,
                 link_id=link_id,
                 recipient=body.get("recipient"),
                 passcode=body.get("passcode"),
@@ -128,6 +126,7 @@ class Responders:
                 base_url=root,
                 address=address,
             )
+            out = await links.run_async(deps.factory, deps.hasher, flow)
         except links.BadShlRequest as exc:
             return _json(400, {"error": "invalid", "message": str(exc)})
         except ShlPasscodeError as exc:
@@ -138,13 +137,8 @@ class Responders:
 
     async def _direct(self, link_id: str, recipient: str | None, address: str | None) -> Response:
         try:
-            served = await links.open_direct_async(
-                factory=self.deps.factory,
-                crypto=self.deps.crypto,
-                link_id=link_id,
-                recipient=recipient,
-                address=address,
-            )
+            flow = links.direct_flow(crypto=self.deps.crypto, link_id=link_id, recipient=recipient, address=address)
+            served = await links.run_async(self.deps.factory, None, flow)
         except links.BadShlRequest as exc:
             return _json(400, {"error": "invalid", "message": str(exc)})
         except ShlUnavailable:
@@ -153,9 +147,8 @@ class Responders:
 
     async def _file(self, token: str, address: str | None) -> Response:
         try:
-            served = await links.open_file_async(
-                factory=self.deps.factory, crypto=self.deps.crypto, location_token=token, address=address
-            )
+            flow = links.file_flow(crypto=self.deps.crypto, location_token=token, address=address)
+            served = await links.run_async(self.deps.factory, None, flow)
         except ShlUnavailable:
             return _json(404, _GONE)
         return Response(served.jwe, media_type=JOSE, headers=_NO_STORE)

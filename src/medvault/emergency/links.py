@@ -994,7 +994,7 @@ async def _write_async(factory: sessionmaker[Session], fn: Callable[[Session], A
 
 # The responder flows are written once, as generators that yield what they need done: a database
 # step (`_Db`, run by `_write`) or a passcode check (`_Verify`, Argon2). `_run` drives one in the
-# calling thread (the CLI, tests); `_run_async` on the event loop (the server), where Argon2 goes
+# calling thread (the CLI, tests); `run_async` on the event loop (the server), where Argon2 goes
 # to a worker thread and database steps wait for their group without one.
 
 
@@ -1033,7 +1033,10 @@ def _run(factory: sessionmaker[Session], hasher: Hasher | None, flow: _Flow[_T])
             value = _verify(hasher, step)
 
 
-async def _run_async(factory: sessionmaker[Session], hasher: Hasher | None, flow: _Flow[_T]) -> _T:
+async def run_async(factory: sessionmaker[Session], hasher: Hasher | None, flow: _Flow[_T]) -> _T:
+    """Drive a responder flow (`manifest_flow`, `file_flow`, `direct_flow`) on the event loop: the
+    server's responder endpoints. `open_manifest` and the others drive the same flows in the
+    calling thread."""
     value: Any = None
     while True:
         try:
@@ -1132,7 +1135,7 @@ def open_manifest(
     """The manifest for a responder. Raises ShlUnavailable (404) for any link that cannot be opened,
     ShlPasscodeError (401, with the remaining attempts) for a wrong or missing passcode, and
     BadShlRequest (400) for a malformed request."""
-    flow = _manifest_flow(
+    flow = manifest_flow(
         crypto=crypto,
         link_id=link_id,
         recipient=recipient,
@@ -1145,34 +1148,7 @@ def open_manifest(
     return _run(factory, hasher, flow)
 
 
-async def open_manifest_async(
-    *,
-    factory: sessionmaker[Session],
-    crypto: CryptoContext,
-    hasher: Hasher,
-    link_id: str,
-    recipient: object,
-    passcode: object = None,
-    embedded_length_max: object = None,
-    base_url: str,
-    address: str | None = None,
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """`open_manifest` on the event loop (the server's responder endpoint)."""
-    flow = _manifest_flow(
-        crypto=crypto,
-        link_id=link_id,
-        recipient=recipient,
-        passcode=passcode,
-        embedded_length_max=embedded_length_max,
-        base_url=base_url,
-        address=address,
-        now=now,
-    )
-    return await _run_async(factory, hasher, flow)
-
-
-def _manifest_flow(
+def manifest_flow(
     *,
     crypto: CryptoContext,
     link_id: str,
@@ -1318,28 +1294,11 @@ def open_file(
     return _run(
         factory,
         None,
-        _file_flow(crypto=crypto, location_token=location_token, recipient=recipient, address=address, now=now),
+        file_flow(crypto=crypto, location_token=location_token, recipient=recipient, address=address, now=now),
     )
 
 
-async def open_file_async(
-    *,
-    factory: sessionmaker[Session],
-    crypto: CryptoContext,
-    location_token: str,
-    recipient: str | None = None,
-    address: str | None = None,
-    now: datetime | None = None,
-) -> ServedFile:
-    """`open_file` on the event loop (the server's responder endpoint)."""
-    return await _run_async(
-        factory,
-        None,
-        _file_flow(crypto=crypto, location_token=location_token, recipient=recipient, address=address, now=now),
-    )
-
-
-def _file_flow(
+def file_flow(
     *,
     crypto: CryptoContext,
     location_token: str,
@@ -1389,26 +1348,11 @@ def open_direct(
 ) -> ServedFile:
     """A `U` link's single file, fetched with `GET url?recipient=`."""
     return _run(
-        factory, None, _direct_flow(crypto=crypto, link_id=link_id, recipient=recipient, address=address, now=now)
+        factory, None, direct_flow(crypto=crypto, link_id=link_id, recipient=recipient, address=address, now=now)
     )
 
 
-async def open_direct_async(
-    *,
-    factory: sessionmaker[Session],
-    crypto: CryptoContext,
-    link_id: str,
-    recipient: object,
-    address: str | None = None,
-    now: datetime | None = None,
-) -> ServedFile:
-    """`open_direct` on the event loop (the server's responder endpoint)."""
-    return await _run_async(
-        factory, None, _direct_flow(crypto=crypto, link_id=link_id, recipient=recipient, address=address, now=now)
-    )
-
-
-def _direct_flow(
+def direct_flow(
     *,
     crypto: CryptoContext,
     link_id: str,
